@@ -1,0 +1,112 @@
+"""The checkpoint document and its on-disk encoding.
+
+A checkpoint file is one JSON object::
+
+    {"format":1,"sha256":"<hex digest of body>","body":{...}}
+
+The body is serialised canonically (sorted keys, no whitespace) and the digest
+covers exactly those bytes, so a torn write, a flipped byte or a hand edit is
+detected on load without re-serialising anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from checkpoints.errors import CheckpointCorrupt
+from checkpoints.ids import validate_package_name, validate_run_id
+
+FORMAT_VERSION = 1
+
+JSON = Any
+"""A JSON-serialisable value (pydantic cannot express the recursive type cheaply)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskRecord(BaseModel):
+    """A task that finished: its outcome is final for this run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["succeeded", "failed"]
+    output: JSON = None
+    error: str | None = None
+    finished_at: datetime = Field(default_factory=utcnow)
+
+
+class Checkpoint(BaseModel):
+    """Everything a later attempt needs to carry a run on where the last one stopped.
+
+    ``items`` maps a foreach task to its finished items (item key to output);
+    ``progress`` maps a progress key (``task`` or ``task:item``) to the value the
+    task last passed to ``ctx.progress.save``; ``secrets`` holds sensitive
+    variables encrypted (never in clear text; absent when no key is configured).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    package: str
+    definition_hash: str
+    run_id: str
+    epoch: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=0)
+    tasks: dict[str, TaskRecord] = Field(default_factory=dict)
+    items: dict[str, dict[str, JSON]] = Field(default_factory=dict)
+    variables: dict[str, JSON] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    progress: dict[str, JSON] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def check_identifiers(self) -> None:
+        """Raise :class:`~checkpoints.errors.InvalidIdentifier` unless both ids are path-safe."""
+        validate_package_name(self.package)
+        validate_run_id(self.run_id)
+
+
+_HEADER = re.compile(rb'\{"format":(\d+),"sha256":"([0-9a-f]{64})","body":')
+_TRAILER = b"}\n"
+
+
+def canonical_json(value: JSON) -> bytes:
+    """Serialise ``value`` deterministically (sorted keys, compact, UTF-8)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(checkpoint: Checkpoint) -> bytes:
+    """Return the file bytes for ``checkpoint`` (header, canonical body, trailer)."""
+    body = canonical_json(checkpoint.model_dump(mode="json"))
+    digest = hashlib.sha256(body).hexdigest()
+    header = b'{"format":%d,"sha256":"%s","body":' % (FORMAT_VERSION, digest.encode())
+    return header + body + _TRAILER
+
+
+def decode(data: bytes, *, source: str = "checkpoint") -> Checkpoint:
+    """Parse and verify file bytes; raise :class:`CheckpointCorrupt` on any damage."""
+    header = _HEADER.match(data)
+    if header is None or not data.endswith(_TRAILER):
+        raise CheckpointCorrupt(f"{source}: not a checkpoint file (truncated or malformed)")
+    if int(header.group(1)) != FORMAT_VERSION:
+        raise CheckpointCorrupt(
+            f"{source}: format version {int(header.group(1))} is not supported "
+            f"(this version reads {FORMAT_VERSION})"
+        )
+    body = data[header.end() : -len(_TRAILER)]
+    if hashlib.sha256(body).hexdigest() != header.group(2).decode():
+        raise CheckpointCorrupt(f"{source}: checksum mismatch (the file was damaged or edited)")
+    try:
+        return Checkpoint.model_validate_json(body)
+    except ValidationError as exc:
+        raise CheckpointCorrupt(
+            f"{source}: body does not match the checkpoint schema: {exc}"
+        ) from exc

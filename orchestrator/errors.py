@@ -1,0 +1,55 @@
+"""Exceptions of the orchestrator: one root, specific subclasses.
+
+Exit codes of the CLI follow the family: :class:`InvalidInput` is 2 (bad
+input, nothing ran), a failed run is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OrchestratorError(Exception):
+    """Root of every orchestrator failure."""
+
+
+class InvalidInput(OrchestratorError):
+    """Input refused before anything ran (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One validation problem: where it is and what is wrong."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PackageInvalid(InvalidInput):
+    """A package definition with one or more problems, all of them listed."""
+
+    def __init__(self, issues: list[Issue], *, source: str = "package") -> None:
+        self.issues = issues
+        self.source = source
+        count = f"{len(issues)} error" + ("" if len(issues) == 1 else "s")
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        super().__init__(f"{source}: {count}\n{lines}")
+
+
+class VariableInvalid(InvalidInput):
+    """A variable value that does not fit its declaration (or a missing required one)."""
+
+
+class SubmissionRefused(InvalidInput):
+    """A submission the scheduler will not accept (bad signature, forbidden task kind...)."""
+
+
+class RunNotFound(OrchestratorError):
+    """No run with that id is recorded."""
+
+
+class ClusterUnavailable(OrchestratorError):
+    """The broker or the database cannot be reached."""

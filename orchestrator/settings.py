@@ -1,0 +1,66 @@
+"""Every setting of the orchestrator, read once from the environment (prefix ``ORCHESTRATOR_``).
+
+This class is the one place where defaults are documented; the README's
+settings table is generated from the same names.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of schedulers, workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+
+    broker_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL of the queue and of leases; unset: an embedded Redis is used",
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///.orchestrator/state.db"),
+        description="SQLAlchemy URL of the run state",
+    )
+    checkpoint_root: Path = Field(
+        default=Path(".orchestrator/checkpoints"), description="shared checkpoint directory"
+    )
+    state_dir: Path = Field(
+        default=Path(".orchestrator"), description="local files of the embedded cluster"
+    )
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="seconds between heartbeats")
+    lease_ttl: float = Field(default=5.0, gt=0, description="seconds a lease lives unrenewed")
+    max_restarts: int = Field(default=5, ge=0, description="node-loss resubmissions per run")
+    metrics_port: int = Field(default=9808, ge=0, le=65535, description="scheduler /metrics port")
+    secret_key: SecretStr | None = Field(
+        default=None, description="key encrypting sensitive variables in checkpoints"
+    )
+    submit_key: SecretStr | None = Field(
+        default=None, description="HMAC key every submission must be signed with"
+    )
+    task_modules: str = Field(
+        default="", description="comma-separated import roots python tasks may use; empty: any"
+    )
+    allow_shell: bool = Field(default=True, description="false refuses shell tasks")
+    keep_checkpoints: bool = Field(
+        default=False, description="keep a run's checkpoint after it succeeded"
+    )
+    log_json: bool = Field(default=False, description="structured JSON log lines")
+    log_level: str = Field(default="INFO", description="logging level")
+
+    @property
+    def task_module_roots(self) -> tuple[str, ...]:
+        return tuple(root.strip() for root in self.task_modules.split(",") if root.strip())
+
+    def secret(self) -> str | None:
+        return self.secret_key.get_secret_value() if self.secret_key else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

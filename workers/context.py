@@ -1,0 +1,91 @@
+"""What a task function receives: :class:`TaskContext` and its progress handle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from orchestrator.errors import VariableInvalid
+from orchestrator.package import ForeachItem, Package
+from orchestrator.variables import convert
+from workers.errors import TaskCancelled
+
+
+class Flag(Protocol):
+    """Anything with ``is_set()``: an Event, or several combined."""
+
+    def is_set(self) -> bool: ...
+
+
+class TaskVariables(dict[str, Any]):
+    """The package variables as a task sees them; assignments are type-checked."""
+
+    def __init__(self, package: Package, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self._package = package
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        declared = self._package.variables.get(name)
+        if declared is None:
+            raise VariableInvalid(
+                f"task assigned unknown variable {name!r}; declare it in the package"
+            )
+        super().__setitem__(name, convert(name, declared, value))
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class Progress:
+    """In-task progress: ``get`` what an earlier attempt saved, ``save`` durably (fenced)."""
+
+    def __init__(self, saved: Any, save: Callable[[Any], None], cancelled: Flag) -> None:
+        self._value = saved
+        self._save = save
+        self._cancelled = cancelled
+
+    def get(self) -> Any:
+        """The value last saved for this task (or foreach item), by any attempt; else ``None``."""
+        return self._value
+
+    def save(self, value: Any) -> None:
+        """Write ``value`` (and the current variables) to the checkpoint before returning.
+
+        Raises :class:`~workers.errors.TaskCancelled` when this attempt was
+        stopped: a task should let it propagate.
+        """
+        if self._cancelled.is_set():
+            raise TaskCancelled("attempt stopped; progress not saved")
+        self._save(value)
+        self._value = value
+
+
+@dataclass
+class TaskContext:
+    """The task contract (see the README): params, variables, outputs, progress and identity."""
+
+    run_id: str
+    package: str
+    task_id: str
+    attempt: int
+    epoch: int
+    params: dict[str, Any]
+    vars: TaskVariables
+    outputs: Mapping[str, Any]
+    item: ForeachItem | None
+    progress: Progress
+    idempotency_key: str
+    log: logging.LoggerAdapter[logging.Logger]
+    _cancelled: Flag = field(repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt was stopped; long loops may poll it between units of work."""
+        return self._cancelled.is_set()
+
+
+def read_only(outputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(outputs))
