@@ -1,0 +1,3 @@
+"""Shared fixtures. Fixture families live in tests/support/ and are registered here."""
+
+from __future__ import annotations
