@@ -28,23 +28,33 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def convert(name: str, declared: Variable, value: Any) -> Any:
-    """Convert a value (a string from the command line, or JSON) to the declared type."""
-    if isinstance(value, str) and declared.type is not VariableType.STR:
-        value = _from_text(name, declared.type, value)
+def convert(name: str, declared: Variable, value: Any, *, from_text: bool = False) -> Any:
+    """Check ``value`` against the declared type; ``from_text`` parses command-line strings.
+
+    Error messages never show the value of a ``sensitive`` variable.
+    """
+    shown = "the value" if declared.sensitive else repr(value)
+    if isinstance(value, str):
+        # checked before parsing too, so that a huge string is never parsed
+        _check_size(name, len(value.encode()))
+        if from_text and declared.type is not VariableType.STR:
+            value = _from_text(name, declared.type, value, shown)
     if not declared.type.accepts(value):
-        raise VariableInvalid(f"variable {name!r}: {value!r} is not of type {declared.type.value}")
+        raise VariableInvalid(f"variable {name!r}: {shown} is not of type {declared.type.value}")
     if declared.type is VariableType.FLOAT:
         value = float(value)
-    size = len(json.dumps(value))
+    _check_size(name, len(json.dumps(value, ensure_ascii=False).encode()))
+    return value
+
+
+def _check_size(name: str, size: int) -> None:
     if size > MAX_VARIABLE_BYTES:
         raise VariableInvalid(
             f"variable {name!r} is {size} bytes, over the limit of {MAX_VARIABLE_BYTES} bytes"
         )
-    return value
 
 
-def _from_text(name: str, kind: VariableType, text: str) -> Any:
+def _from_text(name: str, kind: VariableType, text: str, shown: str) -> Any:
     try:
         if kind is VariableType.INT:
             return int(text)
@@ -56,8 +66,8 @@ def _from_text(name: str, kind: VariableType, text: str) -> Any:
                 return lowered in _TRUE
             raise ValueError(text)
         return json.loads(text)
-    except ValueError:
-        raise VariableInvalid(f"variable {name!r}: cannot read {text!r} as {kind.value}") from None
+    except (ValueError, RecursionError):
+        raise VariableInvalid(f"variable {name!r}: cannot read {shown} as {kind.value}") from None
 
 
 def resolve(
@@ -82,12 +92,13 @@ def resolve(
     values: dict[str, Any] = {}
     for name, declared in package.variables.items():
         raw: Any = given.get(name, environ.get(ENV_PREFIX + name))
+        from_text = raw is not None
         if raw is None and not declared.required:
             raw = declared.default
         if raw is None:
             continue
         try:
-            values[name] = convert(name, declared, raw)
+            values[name] = convert(name, declared, raw, from_text=from_text)
         except VariableInvalid as exc:
             problems.append(str(exc))
     if problems:

@@ -208,7 +208,7 @@ class _Run:
         self._save()  # the first write carries the new epoch: older attempts are fenced from here
 
     def _load(self) -> Checkpoint | None:
-        usage = self.request.usage or self.package.checkpoint.usage
+        usage = CheckpointUsage(self.request.usage or self.package.checkpoint.usage)
         if usage is CheckpointUsage.NEVER or self.store is None:
             if usage is CheckpointUsage.ALWAYS:
                 raise CheckpointNotFound("checkpoint usage 'always' needs a checkpoint store")

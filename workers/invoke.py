@@ -155,6 +155,8 @@ def run_shell(
         if process.poll() is None:
             _kill_group(process)
         reader.join(STOP_GRACE)
+        if process.stdout is not None:
+            process.stdout.close()
     output = masker("\n".join(tail))
     if returncode != 0:
         raise TaskError(

@@ -1,0 +1,1 @@
+"""Example packages and their task functions."""

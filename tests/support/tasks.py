@@ -1,0 +1,109 @@
+"""Task functions the tests run. Each appends what it does to a JSON-lines log.
+
+The log is the side-effect file that counts executions: one ``start`` line
+when a task body begins and one ``end`` line when it returns. In-process tests
+can add behaviour per task id through :data:`HOOKS`; subprocess tests steer
+tasks through params (``fail``, ``hold``, ``units``...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workers.context import TaskContext
+
+LOG_ENV = "ORCH_TEST_LOG"
+HOOKS: dict[str, Callable[[TaskContext], None]] = {}
+
+
+def log_path(ctx: TaskContext) -> Path:
+    return Path(ctx.params.get("log") or os.environ[LOG_ENV])
+
+
+def record(ctx: TaskContext, event: str, **extra: Any) -> None:
+    line = {"task": ctx.task_id, "item": ctx.item, "event": event, "epoch": ctx.epoch, **extra}
+    fd = os.open(log_path(ctx), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def count(entries: list[dict[str, Any]], event: str, task: str, item: Any = None) -> int:
+    return sum(
+        1 for e in entries if e["event"] == event and e["task"] == task and e["item"] == item
+    )
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> None:
+    """Block the task until ``path`` exists (the test creates it), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.01)  # poll interval; bounded by the deadline
+
+
+def step(ctx: TaskContext) -> dict[str, Any]:
+    """A generic task: log start, run the hook, optionally hold or fail, log end."""
+    record(ctx, "start")
+    hook = HOOKS.get(ctx.task_id)
+    if hook is not None:
+        hook(ctx)
+    if "hold" in ctx.params:
+        record(ctx, "holding")
+        wait_for_file(ctx.params["hold"])
+    if ctx.params.get("fail"):
+        raise RuntimeError(f"{ctx.task_id} failed on purpose")
+    if "add" in ctx.params:
+        ctx.vars["counter"] += int(ctx.params["add"])
+    record(ctx, "end")
+    return {"task": ctx.task_id, "item": ctx.item, "epoch": ctx.epoch}
+
+
+def units(ctx: TaskContext) -> dict[str, Any]:
+    """Process ``units`` units, saving progress after each; may hold before unit ``hold_at``."""
+    record(ctx, "start")
+    start = (ctx.progress.get() or {"done": 0})["done"]
+    total = int(ctx.params["units"])
+    for unit in range(start, total):
+        if unit == ctx.params.get("hold_at") and "hold" in ctx.params:
+            record(ctx, "holding", unit=unit)
+            wait_for_file(ctx.params["hold"])
+        hook = HOOKS.get(f"{ctx.task_id}:unit")
+        if hook is not None:
+            hook(ctx)
+        record(ctx, "unit", unit=unit)
+        ctx.progress.save({"done": unit + 1})
+    record(ctx, "end")
+    return {"task": ctx.task_id, "resumed_at": start}
+
+
+def fail_times(ctx: TaskContext) -> dict[str, Any]:
+    """Fail until the log shows ``times`` earlier starts of this task, then succeed."""
+    earlier = count(read_log(log_path(ctx)), "start", ctx.task_id, ctx.item)
+    record(ctx, "start")
+    if earlier < int(ctx.params["times"]):
+        raise RuntimeError(f"transient failure {earlier + 1}")
+    record(ctx, "end")
+    return {"tries": earlier + 1}
+
+
+def sleepy(ctx: TaskContext) -> None:
+    """Sleep ``seconds`` in small steps, stopping early when the attempt is cancelled."""
+    record(ctx, "start")
+    deadline = time.monotonic() + float(ctx.params["seconds"])
+    while time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.01)  # poll interval; bounded by the deadline
+    record(ctx, "end", cancelled=ctx.cancelled)
