@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from checkpoints.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointTooLarge, Fenced
-from checkpoints.format import Checkpoint, decode, encode
+from checkpoints.format import Checkpoint, decode, encode, verify
 from checkpoints.ids import validate_package_name, validate_run_id
 from checkpoints.memory import DEFAULT_MAX_BYTES
 
@@ -81,9 +81,12 @@ class FilesystemCheckpointStore:
                 self._write_epoch(directory, checkpoint.epoch)
             latest = directory / LATEST
             temp = _write_temp(directory, LATEST, data)
-            if latest.exists():
-                os.replace(latest, directory / PREVIOUS)
-            os.replace(temp, latest)
+            with _removed_on_error(temp):
+                # Only an intact latest generation becomes the previous one: after a
+                # fallback, the damaged file must not push out the good copy.
+                if _intact(latest):
+                    os.replace(latest, directory / PREVIOUS)
+                os.replace(temp, latest)
             _fsync_dir(directory)
         return len(data)
 
@@ -151,6 +154,9 @@ class FilesystemCheckpointStore:
             except CheckpointCorrupt as exc:
                 failures.append(str(exc))
                 continue
+            if (checkpoint.package, checkpoint.run_id) != (directory.parent.name, directory.name):
+                failures.append(f"{path}: belongs to {checkpoint.package}/{checkpoint.run_id}")
+                continue
             if failures:
                 log.warning(
                     "checkpoint %s unreadable (%s); using the previous generation",
@@ -172,29 +178,53 @@ class FilesystemCheckpointStore:
             text = (directory / EPOCH).read_text().strip()
         except FileNotFoundError:
             return 0
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # str.isdigit() also accepts "²"
             raise CheckpointCorrupt(f"{directory / EPOCH}: not an epoch number: {text[:40]!r}")
         return int(text)
 
     @staticmethod
     def _write_epoch(directory: Path, epoch: int) -> None:
         temp = _write_temp(directory, EPOCH, f"{epoch}\n".encode())
-        os.replace(temp, directory / EPOCH)
+        with _removed_on_error(temp):
+            os.replace(temp, directory / EPOCH)
         _fsync_dir(directory)
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to a fresh temp file beside ``name`` and fsync it."""
+    """Write ``data`` to a fresh temp file beside ``name`` and fsync it.
+
+    A failed write (a full disk, say) removes the temp file: each writer's temp
+    name is unique, so a leftover would never be overwritten and would pile up.
+    """
     temp = directory / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with _removed_on_error(temp):
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return temp
+
+
+@contextlib.contextmanager
+def _removed_on_error(temp: Path) -> Iterator[None]:
+    """Unlink ``temp`` if the block raises, then re-raise."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def _intact(path: Path) -> bool:
+    try:
+        return verify(path.read_bytes())
+    except FileNotFoundError:
+        return False
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from checkpoints.errors import CheckpointCorrupt
+from checkpoints.errors import CheckpointCorrupt, CheckpointError
 from checkpoints.ids import validate_package_name, validate_run_id
 
 FORMAT_VERSION = 1
@@ -84,11 +84,30 @@ def canonical_json(value: JSON) -> bytes:
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
-    """Return the file bytes for ``checkpoint`` (header, canonical body, trailer)."""
-    body = canonical_json(checkpoint.model_dump(mode="json"))
+    """Return the file bytes for ``checkpoint`` (header, canonical body, trailer).
+
+    Raise :class:`CheckpointError` when a value in it cannot be stored as JSON,
+    so callers handle it like any other failed checkpoint write.
+    """
+    try:
+        body = canonical_json(checkpoint.model_dump(mode="json"))
+    except (TypeError, ValueError) as exc:  # PydanticSerializationError, UnicodeEncodeError
+        raise CheckpointError(
+            f"checkpoint of run {checkpoint.run_id!r} cannot be encoded: a task output, item, "
+            f"variable or progress value is not JSON-serialisable ({exc})"
+        ) from exc
     digest = hashlib.sha256(body).hexdigest()
     header = b'{"format":%d,"sha256":"%s","body":' % (FORMAT_VERSION, digest.encode())
     return header + body + _TRAILER
+
+
+def verify(data: bytes) -> bool:
+    """True if ``data`` has a checkpoint header and its body matches the checksum."""
+    header = _HEADER.match(data)
+    if header is None or not data.endswith(_TRAILER):
+        return False
+    body = data[header.end() : -len(_TRAILER)]
+    return hashlib.sha256(body).hexdigest() == header.group(2).decode()
 
 
 def decode(data: bytes, *, source: str = "checkpoint") -> Checkpoint:
