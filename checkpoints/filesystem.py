@@ -51,9 +51,7 @@ class FilesystemCheckpointStore:
         """Return the run's directory; both ids are validated before they touch a path."""
         return self.root / validate_package_name(package) / validate_run_id(run_id)
 
-    def load(
-        self, package: str, run_id: str, *, definition_hash: str | None = None
-    ) -> Checkpoint | None:
+    def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         directory = self.run_dir(package, run_id)
         if not directory.is_dir():
             return None

@@ -126,6 +126,4 @@ def decode(data: bytes, *, source: str = "checkpoint") -> Checkpoint:
     try:
         return Checkpoint.model_validate_json(body)
     except ValidationError as exc:
-        raise CheckpointCorrupt(
-            f"{source}: body does not match the checkpoint schema: {exc}"
-        ) from exc
+        raise CheckpointCorrupt(f"{source}: body does not match the checkpoint schema: {exc}") from exc

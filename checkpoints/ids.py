@@ -22,9 +22,7 @@ def _shown(value: object) -> str:
 def validate_package_name(name: object) -> str:
     """Return ``name`` if it is a valid package name, else raise :class:`InvalidIdentifier`."""
     if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
-        raise InvalidIdentifier(
-            f"invalid package name {_shown(name)}: expected [a-z0-9][a-z0-9_-]{{0,63}}"
-        )
+        raise InvalidIdentifier(f"invalid package name {_shown(name)}: expected [a-z0-9][a-z0-9_-]{{0,63}}")
     return name
 
 

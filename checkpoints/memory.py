@@ -29,9 +29,7 @@ class InMemoryCheckpointStore:
     def _key(package: str, run_id: str) -> tuple[str, str]:
         return validate_package_name(package), validate_run_id(run_id)
 
-    def load(
-        self, package: str, run_id: str, *, definition_hash: str | None = None
-    ) -> Checkpoint | None:
+    def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         key = self._key(package, run_id)
         with self._lock:
             data = self._files.get(key)

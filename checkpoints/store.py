@@ -17,9 +17,7 @@ from checkpoints.format import Checkpoint
 class CheckpointStore(Protocol):
     """Durable, fenced storage of one checkpoint per ``(package, run_id)``."""
 
-    def load(
-        self, package: str, run_id: str, *, definition_hash: str | None = None
-    ) -> Checkpoint | None:
+    def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         """Return the newest readable checkpoint, or ``None`` when the run has none.
 
         A damaged latest generation falls back to the previous one with a

@@ -90,8 +90,7 @@ def validate(file: Annotated[Path, typer.Argument(help="Package file (YAML or JS
         package = load_package(file)
     tasks = len(package.tasks)
     out.print(
-        f"[green]ok[/]: package {package.name!r}, {tasks} task(s), "
-        f"definition {package.definition_hash[:12]}"
+        f"[green]ok[/]: package {package.name!r}, {tasks} task(s), definition {package.definition_hash[:12]}"
     )
 
 
@@ -118,9 +117,7 @@ def run(
     var: VarOption = None,
     checkpoint_dir: Annotated[
         Path | None,
-        typer.Option(
-            "--checkpoint-dir", help="Checkpoint root [default: ORCHESTRATOR_CHECKPOINT_ROOT]."
-        ),
+        typer.Option("--checkpoint-dir", help="Checkpoint root [default: ORCHESTRATOR_CHECKPOINT_ROOT]."),
     ] = None,
     restart: Annotated[
         CheckpointUsage | None,
@@ -141,11 +138,7 @@ def run(
         store = FilesystemCheckpointStore(checkpoint_dir or settings.checkpoint_root)
         saving = package.checkpoint.save
         # Each local run is a new attempt: a newer epoch fences an older process still running.
-        epoch = (
-            store.next_epoch(package.name, run_id)
-            if saving
-            else store.epoch(package.name, run_id) + 1
-        )
+        epoch = store.next_epoch(package.name, run_id) if saving else store.epoch(package.name, run_id) + 1
         request = RunRequest(package, run_id, variables, epoch=epoch, attempt=epoch, usage=restart)
         if str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))
@@ -174,8 +167,6 @@ def run(
 
 def main() -> None:
     """Console-script entry point."""
+    from orchestrator import cluster_cli  # noqa: F401 - registers the cluster commands
+
     app()
-
-
-if __name__ == "__main__":
-    main()

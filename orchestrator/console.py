@@ -75,16 +75,13 @@ class ProgressDisplay(ExecutionHooks):
         if resumed:
             self._say(
                 f"[bold]resuming[/] run {run_id} from its checkpoint: "
-                f"{len(skipped)} finished task(s) skipped"
-                + (f" ({', '.join(skipped)})" if skipped else "")
+                f"{len(skipped)} finished task(s) skipped" + (f" ({', '.join(skipped)})" if skipped else "")
             )
         self.progress.update(self.bar, completed=len(skipped))
 
     def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
         retry = f" (try {try_number})" if try_number > 1 else ""
-        self.progress.update(
-            self.bar, description=f"{self.package.name}: {_label(task_id, item)}{retry}"
-        )
+        self.progress.update(self.bar, description=f"{self.package.name}: {_label(task_id, item)}{retry}")
 
     def task_finished(
         self,
@@ -103,9 +100,7 @@ class ProgressDisplay(ExecutionHooks):
     def run_finished(self, result: RunResult) -> None:
         self.progress.update(
             self.bar,
-            completed=sum(
-                s in (TaskState.SUCCEEDED, TaskState.FAILED) for s in result.tasks.values()
-            ),
+            completed=sum(s in (TaskState.SUCCEEDED, TaskState.FAILED) for s in result.tasks.values()),
         )
 
 

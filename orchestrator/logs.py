@@ -55,9 +55,7 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            ContextFormatter("%(asctime)s %(levelname)-7s %(name)s %(context)s%(message)s")
-        )
+        handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)-7s %(name)s %(context)s%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

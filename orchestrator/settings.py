@@ -29,11 +29,15 @@ class Settings(BaseSettings):
     checkpoint_root: Path = Field(
         default=Path(".orchestrator/checkpoints"), description="shared checkpoint directory"
     )
-    state_dir: Path = Field(
-        default=Path(".orchestrator"), description="local files of the embedded cluster"
-    )
+    state_dir: Path = Field(default=Path(".orchestrator"), description="local files of the embedded cluster")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="seconds between heartbeats")
     lease_ttl: float = Field(default=5.0, gt=0, description="seconds a lease lives unrenewed")
+    claim_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a dispatched attempt may wait unclaimed on an idle queue",
+    )
+    scheduler_tick: float = Field(default=0.25, gt=0, description="seconds between liveness checks")
     max_restarts: int = Field(default=5, ge=0, description="node-loss resubmissions per run")
     metrics_port: int = Field(default=9808, ge=0, le=65535, description="scheduler /metrics port")
     secret_key: SecretStr | None = Field(
@@ -46,9 +50,7 @@ class Settings(BaseSettings):
         default="", description="comma-separated import roots python tasks may use; empty: any"
     )
     allow_shell: bool = Field(default=True, description="false refuses shell tasks")
-    keep_checkpoints: bool = Field(
-        default=False, description="keep a run's checkpoint after it succeeded"
-    )
+    keep_checkpoints: bool = Field(default=False, description="keep a run's checkpoint after it succeeded")
     log_json: bool = Field(default=False, description="structured JSON log lines")
     log_level: str = Field(default="INFO", description="logging level")
 

@@ -1,3 +1,5 @@
 """Shared fixtures. Fixture families live in tests/support/ and are registered here."""
 
 from __future__ import annotations
+
+pytest_plugins = ["tests.support.databases", "tests.support.redis"]

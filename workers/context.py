@@ -30,9 +30,7 @@ class TaskVariables(dict[str, Any]):
     def __setitem__(self, name: str, value: Any) -> None:
         declared = self._package.variables.get(name)
         if declared is None:
-            raise VariableInvalid(
-                f"task assigned unknown variable {name!r}; declare it in the package"
-            )
+            raise VariableInvalid(f"task assigned unknown variable {name!r}; declare it in the package")
         super().__setitem__(name, convert(name, declared, value))
 
     def snapshot(self) -> dict[str, Any]:

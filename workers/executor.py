@@ -74,7 +74,8 @@ class ExecutionHooks:
         error: str | None,
     ) -> None: ...
 
-    def checkpoint_saved(self, size: int, seconds: float) -> None: ...
+    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
+        """``reason``: start (the claiming write), task, item or progress."""
 
     def checkpoint_failed(self, result: str, error: str) -> None: ...
 
@@ -202,10 +203,8 @@ class _Run:
         if checkpoint is not None:
             self._restore(checkpoint, given)
         missing_required(self.package, self.variables)
-        self.masker = Masker(
-            v for n, v in self.variables.items() if self.package.variables[n].sensitive
-        )
-        self._save()  # the first write carries the new epoch: older attempts are fenced from here
+        self.masker = Masker(v for n, v in self.variables.items() if self.package.variables[n].sensitive)
+        self._save("start")  # the first write carries the new epoch: older attempts are fenced from here
 
     def _load(self) -> Checkpoint | None:
         usage = CheckpointUsage(self.request.usage or self.package.checkpoint.usage)
@@ -234,9 +233,7 @@ class _Run:
             restored.update({n: self.box.decrypt(n, t) for n, t in checkpoint.secrets.items()})
         for name, value in restored.items():
             if name in self.request.variables and given.get(name) != value:
-                log.warning(
-                    "variable %r restored from the checkpoint; the given value is ignored", name
-                )
+                log.warning("variable %r restored from the checkpoint; the given value is ignored", name)
         self.variables.update(restored)
         for task in self.package.tasks:
             if task.always_rerun and task.id in self.finished:
@@ -280,10 +277,7 @@ class _Run:
         for task_id, task_state in self.states.items():
             if task_state in (TaskState.PENDING, TaskState.RUNNING) and state is RunState.CANCELLED:
                 self.states[task_id] = TaskState.CANCELLED
-        public = {
-            n: ("***" if self.package.variables[n].sensitive else v)
-            for n, v in self.variables.items()
-        }
+        public = {n: ("***" if self.package.variables[n].sensitive else v) for n, v in self.variables.items()}
         return RunResult(
             run_id=self.request.run_id,
             package=self.package.name,
@@ -302,33 +296,34 @@ class _Run:
             self.states[task.id] = TaskState.UPSTREAM_FAILED
             return
         self.states[task.id] = TaskState.RUNNING
+        started = time.monotonic()
         try:
-            output = (
-                self._run_foreach(task)
-                if task.foreach is not None
-                else self._run_unit(task, None)[0]
-            )
+            output = self._run_foreach(task) if task.foreach is not None else self._run_unit(task, None)[0]
         except (RunInterrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
-            self._task_failed(task, exc)
+            self._task_failed(task, exc, time.monotonic() - started)
             return
+        if task.foreach is not None:  # its items were reported one by one; now the whole task
+            self.hooks.task_finished(task.id, None, TaskState.SUCCEEDED, time.monotonic() - started, None)
         with self.lock:
             self.finished[task.id] = TaskRecord(state="succeeded", output=output)
             self.items.pop(task.id, None)
             self.states[task.id] = TaskState.SUCCEEDED
-            self._save()
+            self._save("task")
 
-    def _task_failed(self, task: Task, exc: Exception) -> None:
+    def _task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
         error = self.masker(f"task {task.id!r} failed: {_describe(exc)}")
         self.states[task.id] = TaskState.FAILED
+        if task.foreach is not None:
+            self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, error)
         if task.fail_package_on_failure:
             self.failures.append(error)
             return
         log.warning("%s (fail_package_on_failure is false: the package goes on)", error)
         with self.lock:
             self.finished[task.id] = TaskRecord(state="failed", error=error)
-            self._save()
+            self._save("task")
 
     def _run_foreach(self, task: Task) -> dict[str, Any]:
         items = self._foreach_items(task)
@@ -342,7 +337,7 @@ class _Run:
                 done[key] = output
                 self.variables = variables
                 self.progress.pop(_progress_key(task.id, item), None)
-                self._save()
+                self._save("item")
         return {item_key(item): done[item_key(item)] for item in items}
 
     def _foreach_items(self, task: Task) -> list[ForeachItem]:
@@ -352,12 +347,8 @@ class _Run:
             items = render(task.foreach, self.variables, self._outputs())
         except TemplateError as exc:
             raise TaskError(f"foreach: {exc}") from exc
-        if not isinstance(items, list) or not all(
-            isinstance(i, str | int | float | bool) for i in items
-        ):
-            raise TaskError(
-                f"foreach expression gave {type(items).__name__}, not a list of scalars"
-            )
+        if not isinstance(items, list) or not all(isinstance(i, str | int | float | bool) for i in items):
+            raise TaskError(f"foreach expression gave {type(items).__name__}, not a list of scalars")
         if len({item_key(i) for i in items}) != len(items):
             raise TaskError("foreach expression gave repeated items")
         return items
@@ -375,9 +366,7 @@ class _Run:
             except Exception as exc:
                 self._raise_if_interrupted()
                 error = self.masker(_describe(exc))
-                self.hooks.task_finished(
-                    task.id, item, TaskState.FAILED, time.monotonic() - started, error
-                )
+                self.hooks.task_finished(task.id, item, TaskState.FAILED, time.monotonic() - started, error)
                 if try_number > task.retries:
                     raise
                 log.warning(
@@ -392,9 +381,7 @@ class _Run:
                 if self.stop.wait(task.retry_delay):
                     self._check_stop()
                 continue
-            self.hooks.task_finished(
-                task.id, item, TaskState.SUCCEEDED, time.monotonic() - started, None
-            )
+            self.hooks.task_finished(task.id, item, TaskState.SUCCEEDED, time.monotonic() - started, None)
             if item is None:
                 with self.lock:
                     self.variables = variables
@@ -402,9 +389,7 @@ class _Run:
             return output, variables
         raise AssertionError("unreachable: the last try either returns or raises")
 
-    def _invoke(
-        self, task: Task, item: ForeachItem | None, try_number: int
-    ) -> tuple[Any, dict[str, Any]]:
+    def _invoke(self, task: Task, item: ForeachItem | None, try_number: int) -> tuple[Any, dict[str, Any]]:
         key = _progress_key(task.id, item)
         task_stop = threading.Event()
         stopped = _Either(task_stop, self.stop)
@@ -417,7 +402,7 @@ class _Run:
                     raise TaskCancelled(f"task {task.id!r}: attempt stopped; progress not saved")
                 self.progress[key] = value
                 self.variables = variables.snapshot()
-                self._save()
+                self._save("progress")
 
         ctx = TaskContext(
             run_id=self.request.run_id,
@@ -445,9 +430,7 @@ class _Run:
         try:
             if task.shell is not None:
                 if not self.options.allow_shell:
-                    raise TaskError(
-                        f"shell task {task.id!r} refused: ORCHESTRATOR_ALLOW_SHELL is false"
-                    )
+                    raise TaskError(f"shell task {task.id!r} refused: ORCHESTRATOR_ALLOW_SHELL is false")
                 command = shell_command(task, ctx.vars, ctx.outputs)
                 return run_shell(command, ctx, stopped, task.timeout, self.masker)
             assert task.python is not None
@@ -462,7 +445,7 @@ class _Run:
     def _outputs(self) -> dict[str, Any]:
         return {task_id: record.output for task_id, record in self.finished.items()}
 
-    def _save(self) -> None:
+    def _save(self, reason: str) -> None:
         """Write the checkpoint (a no-op when saving is off); stop the run if it cannot."""
         if not self.saving or self.store is None:
             return
@@ -478,7 +461,7 @@ class _Run:
             except (CheckpointError, OSError) as exc:
                 self.hooks.checkpoint_failed("error", str(exc))
                 self._interrupt(CheckpointWriteFailed(f"checkpoint write failed: {exc}"))
-            self.hooks.checkpoint_saved(size, time.perf_counter() - started)
+            self.hooks.checkpoint_saved(size, time.perf_counter() - started, reason)
 
     def _checkpoint(self) -> Checkpoint:
         sensitive = {n for n, v in self.package.variables.items() if v.sensitive}

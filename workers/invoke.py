@@ -40,9 +40,7 @@ class TaskRefused(TaskError):
     """A task the worker's policy does not allow (module outside the allowed roots, shell off)."""
 
 
-def resolve_callable(
-    target: str, allowed_roots: tuple[str, ...] = ()
-) -> Callable[[TaskContext], Any]:
+def resolve_callable(target: str, allowed_roots: tuple[str, ...] = ()) -> Callable[[TaskContext], Any]:
     """Import ``module:function``; with ``allowed_roots``, only from those module trees."""
     module_name, _, attribute = target.partition(":")
     if allowed_roots and not any(
@@ -70,8 +68,7 @@ def checked_output(task_id: str, value: Any) -> Any:
         raise TaskError(f"task {task_id!r} returned a value that is not JSON: {exc}") from exc
     if size > MAX_OUTPUT_BYTES:
         raise TaskError(
-            f"output of task {task_id!r} is {size} bytes, "
-            f"over the limit of {MAX_OUTPUT_BYTES} bytes"
+            f"output of task {task_id!r} is {size} bytes, over the limit of {MAX_OUTPUT_BYTES} bytes"
         )
     return value
 
@@ -99,11 +96,7 @@ def call_python(
     if thread.is_alive():
         cancelled.set()
         thread.join(min(STOP_GRACE, timeout))
-        still = (
-            " and did not stop (it is abandoned; its writes are refused)"
-            if thread.is_alive()
-            else ""
-        )
+        still = " and did not stop (it is abandoned; its writes are refused)" if thread.is_alive() else ""
         raise TaskTimeout(f"task {ctx.task_id!r} timed out after {timeout:g} s{still}")
     if "error" in result:
         raise result["error"]
@@ -159,15 +152,11 @@ def run_shell(
             process.stdout.close()
     output = masker("\n".join(tail))
     if returncode != 0:
-        raise TaskError(
-            f"command exited with status {returncode}" + (f": {output}" if output else "")
-        )
+        raise TaskError(f"command exited with status {returncode}" + (f": {output}" if output else ""))
     return {"returncode": returncode, "output": output}
 
 
-def _pump(
-    process: subprocess.Popen[bytes], ctx: TaskContext, tail: deque[str], masker: Masker
-) -> None:
+def _pump(process: subprocess.Popen[bytes], ctx: TaskContext, tail: deque[str], masker: Masker) -> None:
     assert process.stdout is not None
     for raw in process.stdout:
         line = raw.decode(errors="replace").rstrip("\n")
@@ -175,9 +164,7 @@ def _pump(
         ctx.log.info("%s", masker(line))
 
 
-def _wait(
-    process: subprocess.Popen[bytes], task_id: str, cancelled: Flag, timeout: float | None
-) -> int:
+def _wait(process: subprocess.Popen[bytes], task_id: str, cancelled: Flag, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -44,9 +44,7 @@ def holding(log: Path, task: str) -> bool:
 
 
 @pytest.mark.parametrize("units", [False, True], ids=["between-tasks", "mid-progress"])
-def test_sigkilled_run_resumes_without_repeating_finished_tasks(
-    tmp_path: Path, units: bool
-) -> None:
+def test_sigkilled_run_resumes_without_repeating_finished_tasks(tmp_path: Path, units: bool) -> None:
     log, hold = tmp_path / "log.jsonl", tmp_path / "release"
     package = write_package(tmp_path / "chain.yaml", chain(log, hold, units=units))
     process = start_cli("run", str(package), cwd=tmp_path)
@@ -98,9 +96,7 @@ def test_example_package_loads_every_row_once(tmp_path: Path) -> None:
             2000,
             2000,
         )
-        executions = db.execute(
-            "SELECT task, item, COUNT(*) FROM executions GROUP BY 1, 2"
-        ).fetchall()
+        executions = db.execute("SELECT task, item, COUNT(*) FROM executions GROUP BY 1, 2").fetchall()
     assert all(n == 1 for _, _, n in executions) and len(executions) == 6
     assert "loaded 2000 rows" in result.stderr  # the shell task's output reaches the log
 
@@ -130,9 +126,7 @@ def test_example_package_resumes_mid_partition_after_sigkill(tmp_path: Path) -> 
     with sqlite3.connect(tmp_path / ".orchestrator/example/warehouse.db") as db:
         assert db.execute("SELECT COUNT(*) FROM orders").fetchone() == (3000,)
         counts = dict(
-            db.execute(
-                "SELECT task, COUNT(*) FROM executions WHERE item IS NULL GROUP BY 1"
-            ).fetchall()
+            db.execute("SELECT task, COUNT(*) FROM executions WHERE item IS NULL GROUP BY 1").fetchall()
         )
         assert db.execute("SELECT orders FROM region_totals").fetchall()
     assert counts["prepare"] == 1 and counts["generate"] == 1 and counts["aggregate"] == 1
@@ -209,7 +203,5 @@ def test_changed_package_refuses_the_checkpoint_with_exit_2(tmp_path: Path) -> N
     definition["tasks"][1]["shell"] = "true"
     write_package(package, definition)
     result = run_cli("run", str(package), cwd=tmp_path)
-    assert (
-        result.returncode == 2 and "package changed since the checkpoint was saved" in result.stderr
-    )
+    assert result.returncode == 2 and "package changed since the checkpoint was saved" in result.stderr
     assert run_cli("run", str(package), "--restart", "never", cwd=tmp_path).returncode == 0

@@ -219,9 +219,7 @@ def test_a_fenced_process_cannot_write_after_a_fence_from_another(tmp_path: Path
     """``fence`` in one process refuses a writer in another before the new attempt writes."""
     store = FilesystemCheckpointStore(tmp_path / "store")
     store.save(
-        Checkpoint(
-            package=PACKAGE, definition_hash="h" * 64, run_id=RUN, epoch=1, progress={"seq": 0}
-        )
+        Checkpoint(package=PACKAGE, definition_hash="h" * 64, run_id=RUN, epoch=1, progress={"seq": 0})
     )
     before = (store.run_dir(PACKAGE, RUN) / "checkpoint.json").read_bytes()
     store.fence(PACKAGE, RUN, 2)

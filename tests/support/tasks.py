@@ -41,9 +41,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def count(entries: list[dict[str, Any]], event: str, task: str, item: Any = None) -> int:
-    return sum(
-        1 for e in entries if e["event"] == event and e["task"] == task and e["item"] == item
-    )
+    return sum(1 for e in entries if e["event"] == event and e["task"] == task and e["item"] == item)
 
 
 def wait_for_file(path: str, timeout: float = 60.0) -> None:

@@ -42,9 +42,7 @@ def full_checkpoint() -> Checkpoint:
                 output={"rows": 1200, "files": ["a.csv", "b.csv"], "ratio": 0.25},
                 finished_at=started + timedelta(seconds=5),
             ),
-            "notify": TaskRecord(
-                state="failed", error="smtp: connection refused", finished_at=started
-            ),
+            "notify": TaskRecord(state="failed", error="smtp: connection refused", finished_at=started),
         },
         items={"load": {"2024-05-01": {"inserted": 10}, "Zürich": None, "42": [1, 2, 3]}},
         variables={"date": "2024-05-01", "limit": 500, "dry_run": False, "tags": ["x", "ÿ"]},
@@ -85,9 +83,7 @@ def test_full_checkpoint_round_trips_unchanged() -> None:
     assert restored.progress == {"transform": {"offset": 900}, "load:2024-05-02": 17}
     assert restored.created_at == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
     assert restored.created_at.utcoffset() == timedelta(0)
-    assert SecretBox("test-key").decrypt("db_password", restored.secrets["db_password"]) == (
-        CLEAR_SECRET
-    )
+    assert SecretBox("test-key").decrypt("db_password", restored.secrets["db_password"]) == (CLEAR_SECRET)
 
 
 def test_encoding_has_header_checksum_and_canonical_body() -> None:
@@ -119,9 +115,7 @@ def test_sensitive_value_never_appears_in_clear_in_the_file() -> None:
     ids=["unknown-type", "lone-surrogate"],
 )
 def test_a_value_that_is_not_json_is_a_checkpoint_error(value: object) -> None:
-    checkpoint = Checkpoint(
-        package="etl", definition_hash="h", run_id="r1", epoch=1, variables={"v": value}
-    )
+    checkpoint = Checkpoint(package="etl", definition_hash="h", run_id="r1", epoch=1, variables={"v": value})
     with pytest.raises(CheckpointError, match=r"run 'r1' cannot be encoded.*JSON"):
         encode(checkpoint)
 

@@ -65,9 +65,7 @@ class Backend:
 
 def _fs_snapshot(root: Path) -> Callable[[], object]:
     def snapshot() -> dict[str, bytes]:
-        return {
-            str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-        }
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
     return snapshot
 
@@ -359,9 +357,7 @@ BAD_RUN_IDS = ["../x", "..", ".", "a/b", "/abs", "r\x00", "", "r" * 10_000, "-r"
 def _operations(
     store: InMemoryCheckpointStore | FilesystemCheckpointStore, package: str, run_id: str
 ) -> list[Callable[[], object]]:
-    checkpoint = Checkpoint.model_construct(
-        **{**make().model_dump(), "package": package, "run_id": run_id}
-    )
+    checkpoint = Checkpoint.model_construct(**{**make().model_dump(), "package": package, "run_id": run_id})
     return [
         lambda: store.save(checkpoint),
         lambda: store.load(package, run_id),
@@ -542,9 +538,7 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_checkpoint(
 
 
 @pytest.mark.parametrize("text", ["", "two\n", "-1\n", "\u00b2\n", "\u0661\n", "1.5\n"])
-def test_a_damaged_epoch_file_is_reported_as_corrupt(
-    fs: FilesystemCheckpointStore, text: str
-) -> None:
+def test_a_damaged_epoch_file_is_reported_as_corrupt(fs: FilesystemCheckpointStore, text: str) -> None:
     fs.save(make(epoch=1))
     (fs.run_dir(PACKAGE, RUN) / "epoch").write_text(text)
     operations: list[Callable[[], object]] = [
@@ -615,9 +609,7 @@ def test_healthy_load_logs_no_warning(
 
 
 @pytest.mark.parametrize(("first", "second"), [("truncated", "flipped"), ("flipped", "truncated")])
-def test_both_generations_damaged_is_corrupt(
-    fs: FilesystemCheckpointStore, first: str, second: str
-) -> None:
+def test_both_generations_damaged_is_corrupt(fs: FilesystemCheckpointStore, first: str, second: str) -> None:
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
     directory = fs.run_dir(PACKAGE, RUN)

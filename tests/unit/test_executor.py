@@ -72,9 +72,7 @@ def kill_in(task_id: str) -> None:
 
 
 def run(pkg: Package, store: Any, *, run_id: str = "r1", **kwargs: Any) -> RunResult:
-    options_fields = {
-        k: kwargs.pop(k) for k in list(kwargs) if k in ExecutionOptions.__dataclass_fields__
-    }
+    options_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in ExecutionOptions.__dataclass_fields__}
     epoch = store.next_epoch(pkg.name, run_id) if store is not None else 1
     request = RunRequest(pkg, run_id, epoch=epoch, attempt=epoch, **kwargs)
     return execute(request, ExecutionOptions(store=store, **options_fields))
@@ -287,9 +285,7 @@ def test_failed_branch_resume_runs_only_the_failed_work(store: Any, log: Any) ->
     ]
 
 
-def test_sensitive_variables_never_reach_the_checkpoint_in_clear(
-    store: Any, tmp_path: Path
-) -> None:
+def test_sensitive_variables_never_reach_the_checkpoint_in_clear(store: Any, tmp_path: Path) -> None:
     secret = "s3cr3t-Pa55word"
     pkg = package(
         task("a"),
@@ -349,9 +345,7 @@ def test_retries_with_delay_then_success(store: Any, log: Any) -> None:
 
 
 def test_retries_exhausted_fail_the_package(store: Any, log: Any) -> None:
-    pkg = package(
-        task("flaky", fn="fail_times", params={"times": 5}, retries=1), task("next", "flaky")
-    )
+    pkg = package(task("flaky", fn="fail_times", params={"times": 5}, retries=1), task("next", "flaky"))
     result = run(pkg, store)
     assert result.state is RunState.FAILED and "transient failure 2" in (result.error or "")
     assert starts(log(), "flaky") == 2 and starts(log(), "next") == 0
@@ -491,16 +485,12 @@ def return_value(ctx: TaskContext) -> Any:
 
 def test_import_errors_are_task_failures(store: Any) -> None:
     result = run(package({"id": "a", "python": "no_such_module_xyz:run"}), store)
-    assert result.state is RunState.FAILED and "cannot import 'no_such_module_xyz'" in (
-        result.error or ""
-    )
+    assert result.state is RunState.FAILED and "cannot import 'no_such_module_xyz'" in (result.error or "")
 
 
 def test_modules_outside_the_allowed_roots_are_refused(store: Any, log: Any) -> None:
     result = run(package(task("a")), store, allowed_modules=("examples",))
-    assert result.state is RunState.FAILED and "outside ORCHESTRATOR_TASK_MODULES" in (
-        result.error or ""
-    )
+    assert result.state is RunState.FAILED and "outside ORCHESTRATOR_TASK_MODULES" in (result.error or "")
     assert log() == []
 
 
@@ -561,9 +551,7 @@ def test_checkpoint_write_failure_fails_the_run_clearly(tmp_path: Path) -> None:
 
     result = run(package(*CHAIN), Broken())
     assert result.state is RunState.FAILED
-    assert "checkpoint write failed" in (result.error or "") and "No space left" in (
-        result.error or ""
-    )
+    assert "checkpoint write failed" in (result.error or "") and "No space left" in (result.error or "")
 
 
 def test_hooks_see_every_event_in_order(store: Any) -> None:
@@ -578,20 +566,20 @@ def test_hooks_see_every_event_in_order(store: Any) -> None:
         ) -> None:
             events.append(("task", task_id, state.value))
 
-        def checkpoint_saved(self, size: int, seconds: float) -> None:
-            events.append(("saved",))
+        def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
+            events.append(("saved", reason))
 
         def run_finished(self, result: RunResult) -> None:
             events.append(("finished", result.state.value))
 
     run(package(task("a"), task("b", "a")), store, hooks=Recorder())
     assert events == [
-        ("saved",),
+        ("saved", "start"),
         ("run_started", False, ()),
         ("task", "a", "succeeded"),
-        ("saved",),
+        ("saved", "task"),
         ("task", "b", "succeeded"),
-        ("saved",),
+        ("saved", "task"),
         ("finished", "succeeded"),
     ]
 

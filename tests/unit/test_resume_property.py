@@ -63,16 +63,12 @@ def _step(event: str, key: str, unit: Any = None) -> None:
 
 def attempt(package: Any, store: InMemoryCheckpointStore) -> Any:
     epoch = store.next_epoch("prop", "r")
-    return execute(
-        RunRequest(package, "r", epoch=epoch, attempt=epoch), ExecutionOptions(store=store)
-    )
+    return execute(RunRequest(package, "r", epoch=epoch, attempt=epoch), ExecutionOptions(store=store))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(definition=dags(), kill_fraction=st.floats(min_value=0, max_value=1))
-def test_resume_runs_every_task_exactly_once(
-    definition: dict[str, Any], kill_fraction: float
-) -> None:
+def test_resume_runs_every_task_exactly_once(definition: dict[str, Any], kill_fraction: float) -> None:
     package = parse_package(definition)
     store = InMemoryCheckpointStore()
     JOURNAL.clear()

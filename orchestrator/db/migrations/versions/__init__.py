@@ -1,0 +1,1 @@
+"""Migration revisions, one file per revision, named ``<rev-id>_<slug>.py``."""

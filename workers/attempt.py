@@ -1,0 +1,261 @@
+"""One attempt of a run on a worker node: claim, keep the lease, execute, report.
+
+:func:`run_attempt` is a plain function (the Celery task only decodes its
+message and calls it), so it is tested without a broker. Everything it
+records is fenced by the attempt's epoch three times over: the Redis claim
+and lease, the SQL row's epoch, and the checkpoint store's epoch file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from checkpoints import CheckpointError, SecretBox, validate_run_id
+from orchestrator.errors import InvalidInput, OrchestratorError
+from orchestrator.liveness import Claim
+from orchestrator.package import ForeachItem, parse_package
+from orchestrator.services import Services
+from orchestrator.states import RunState, TaskState
+from workers.errors import AttemptFenced
+from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
+from workers.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+
+class AttemptMessage(BaseModel):
+    """The body of an attempt message: ids and small numbers only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    attempt: int = Field(ge=1)
+    epoch: int = Field(ge=1)
+    lost_at_ms: int | None = Field(default=None, ge=0)
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return validate_run_id(value)
+
+
+class AttemptReporter(ExecutionHooks):
+    """Execution hooks that record the attempt's progress in SQL (fenced by its epoch)."""
+
+    def __init__(self, services: Services, message: AttemptMessage, node: str) -> None:
+        self.repo = services.repository
+        self.message = message
+        self.node = node
+
+    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
+        if resumed:
+            m = self.message
+            self.repo.record_resumed(run_id, m.epoch, m.attempt, self.node, skipped)
+
+    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
+        if item is None:
+            m = self.message
+            self.repo.task_started(m.run_id, m.epoch, m.attempt, task_id, try_number)
+
+    def task_finished(
+        self,
+        task_id: str,
+        item: ForeachItem | None,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        m = self.message
+        if item is None:
+            self.repo.task_finished(m.run_id, m.epoch, m.attempt, self.node, task_id, state, seconds, error)
+        elif state is TaskState.SUCCEEDED:
+            self.repo.record_event(
+                m.run_id, m.epoch, "item_done", self.node, m.attempt, task=task_id, item=item
+            )
+
+    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
+        if reason in ("task", "item"):
+            m = self.message
+            self.repo.record_event(m.run_id, m.epoch, "checkpoint_saved", self.node, m.attempt, bytes=size)
+
+
+def run_attempt(
+    services: Services,
+    message: AttemptMessage,
+    node: str,
+    *,
+    hooks: ExecutionHooks | None = None,
+    on_lost: Callable[[], None] | None = None,
+) -> RunResult | None:
+    """Run one attempt; return its result, or ``None`` when it did not own the run."""
+    liveness, repo = services.liveness, services.repository
+    claim = liveness.claim(message.run_id, message.epoch, node, message.attempt)
+    if claim.status is not Claim.OK:
+        _not_claimed(services, message, node, claim.status)
+        return None
+    stop = threading.Event()
+    keeper = LeaseKeeper(
+        liveness,
+        run_id=message.run_id,
+        epoch=message.epoch,
+        attempt=message.attempt,
+        node=node,
+        interval=services.settings.heartbeat_interval,
+        ttl=services.settings.lease_ttl,
+        stop=stop,
+        on_lost=on_lost,
+    )
+    keeper.start()
+    outcome: RunResult | None = None
+    try:
+        repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
+        log.info("node %s claimed attempt %d of run %s", node, message.attempt, message.run_id)
+        outcome = _execute(services, message, node, keeper, stop, hooks)
+        if keeper.lost:
+            raise AttemptFenced(f"attempt {message.attempt} of run {message.run_id!r} lost its lease")
+        repo.finish_attempt(
+            message.run_id,
+            message.epoch,
+            message.attempt,
+            node,
+            outcome.state,
+            outcome.error,
+            outcome.tasks,
+        )
+    except AttemptFenced as exc:
+        log.warning("attempt %d of run %s stops without reporting: %s", message.attempt, message.run_id, exc)
+        outcome = None
+    except (InvalidInput, CheckpointError, OrchestratorError) as exc:
+        # Nothing ran (bad variables, a checkpoint that does not fit...): the run fails clearly.
+        log.error("attempt %d of run %s cannot run: %s", message.attempt, message.run_id, exc)
+        repo.finish_attempt(
+            message.run_id, message.epoch, message.attempt, node, RunState.FAILED, str(exc), {}
+        )
+        outcome = None
+    except Exception:
+        # Unexpected (the database went away, say): keep the lease, stop renewing it. It
+        # expires and the scheduler resubmits the run from its checkpoint.
+        keeper.stop()
+        log.exception(
+            "attempt %d of run %s crashed; the run will be resubmitted when its lease expires",
+            message.attempt,
+            message.run_id,
+        )
+        raise
+    keeper.stop()
+    liveness.release(message.run_id, message.epoch)
+    return outcome
+
+
+def _execute(
+    services: Services,
+    message: AttemptMessage,
+    node: str,
+    keeper: LeaseKeeper,
+    stop: threading.Event,
+    hooks: ExecutionHooks | None,
+) -> RunResult:
+    settings, repo = services.settings, services.repository
+    run = repo.run_row(message.run_id)
+    package = parse_package(
+        repo.definition(run.package, run.definition_hash), source=f"package {run.package}"
+    )
+    variables = decode_variables(run.variables, settings.secret())
+    # From here on, a checkpoint write by any older attempt is refused by the store itself.
+    services.store.fence(package.name, message.run_id, message.epoch)
+    reporter = AttemptReporter(services, message, node)
+    request = RunRequest(package, message.run_id, variables, epoch=message.epoch, attempt=message.attempt)
+    options = ExecutionOptions(
+        store=services.store,
+        secret_key=settings.secret(),
+        hooks=_Both(reporter, hooks) if hooks is not None else reporter,
+        guard=keeper.check,
+        stop=stop,
+        keep_checkpoint=settings.keep_checkpoints,
+        allowed_modules=settings.task_module_roots,
+        allow_shell=settings.allow_shell,
+    )
+    return execute(request, options)
+
+
+def _not_claimed(services: Services, message: AttemptMessage, node: str, status: Claim) -> None:
+    if status is Claim.CANCELLED:
+        log.info("run %s was cancelled before attempt %d started", message.run_id, message.attempt)
+        try:
+            services.repository.finish_attempt(
+                message.run_id,
+                message.epoch,
+                message.attempt,
+                node,
+                RunState.CANCELLED,
+                "cancelled before it started; checkpoint kept",
+                {},
+            )
+        except AttemptFenced as exc:
+            log.info("run %s has a newer attempt; it handles the cancellation: %s", message.run_id, exc)
+        services.liveness.drop_pending(message.run_id)
+    else:
+        log.info(
+            "attempt %d of run %s (epoch %d) not claimed: %s",
+            message.attempt,
+            message.run_id,
+            message.epoch,
+            status.name.lower(),
+        )
+
+
+def decode_variables(stored: dict[str, Any], secret_key: str | None) -> dict[str, Any]:
+    """The run's variables as given at submission, sensitive ones decrypted."""
+    values = dict(stored.get("values", {}))
+    secrets = stored.get("secrets", {})
+    if secrets:
+        if secret_key is None:
+            raise InvalidInput(
+                "the run's sensitive variables are encrypted but this node has no ORCHESTRATOR_SECRET_KEY"
+            )
+        box = SecretBox(secret_key)
+        values.update({name: box.decrypt(name, token) for name, token in secrets.items()})
+    return values
+
+
+class _Both(ExecutionHooks):
+    """Two sets of hooks called in turn (the SQL reporter first)."""
+
+    def __init__(self, first: ExecutionHooks, second: ExecutionHooks) -> None:
+        self.first, self.second = first, second
+
+    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
+        self.first.run_started(run_id, resumed, skipped)
+        self.second.run_started(run_id, resumed, skipped)
+
+    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
+        self.first.task_started(task_id, item, try_number)
+        self.second.task_started(task_id, item, try_number)
+
+    def task_finished(
+        self,
+        task_id: str,
+        item: ForeachItem | None,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        self.first.task_finished(task_id, item, state, seconds, error)
+        self.second.task_finished(task_id, item, state, seconds, error)
+
+    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
+        self.first.checkpoint_saved(size, seconds, reason)
+        self.second.checkpoint_saved(size, seconds, reason)
+
+    def checkpoint_failed(self, result: str, error: str) -> None:
+        self.first.checkpoint_failed(result, error)
+        self.second.checkpoint_failed(result, error)
+
+    def run_finished(self, result: RunResult) -> None:
+        self.first.run_finished(result)
+        self.second.run_finished(result)

@@ -1,0 +1,55 @@
+"""A worker node: a Celery worker on the run queue plus the node's heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from orchestrator.db import NodeState
+from orchestrator.services import Services
+from workers.app import RUN_QUEUE
+from workers.lease import NodeHeartbeat
+from workers.tasks import register_worker_tasks
+
+log = logging.getLogger(__name__)
+
+
+def default_node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def serve_worker(services: Services, node: str, concurrency: int, metrics_port: int | None) -> None:
+    """Run the node until the Celery worker stops (SIGTERM: warm shutdown; SIGQUIT: cold)."""
+    settings = services.settings
+    register_worker_tasks(services.app, services, node)
+    services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "concurrency": concurrency,
+        "metrics_port": metrics_port,
+    }
+    heartbeat = NodeHeartbeat(services.liveness, node, info, settings.heartbeat_interval)
+    heartbeat.beat()
+    heartbeat.start()
+    log.info("worker node %s up (concurrency %d)", node, concurrency)
+    try:
+        services.app.worker_main(
+            [
+                "worker",
+                f"--queues={RUN_QUEUE}",
+                f"--concurrency={concurrency}",
+                "--pool=prefork",
+                f"--hostname={node}@%h",
+                f"--loglevel={settings.log_level}",
+                "--optimization=fair",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        heartbeat.stop()
+        services.repository.set_node_state(node, NodeState.STOPPED)
+        log.info("worker node %s stopped", node)
