@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.support.databases", "tests.support.redis"]
+pytest_plugins = ["tests.support.databases", "tests.support.redis", "tests.support.cluster"]
