@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Hashable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -35,11 +37,14 @@ TaskId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
 VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 PythonTarget = Annotated[
     str,
-    StringConstraints(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-    ),
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"),
 ]
 ForeachItem = str | int | float | bool
+# Strict scalars: without them pydantic reads `max_restarts: true` as 1 and
+# `save: "no"` as False, so a mistyped package would validate silently.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]  # accepts an int, refuses a bool or a string
+StrictBool = Annotated[bool, Strict()]
 
 
 class VariableType(StrEnum):
@@ -77,7 +82,7 @@ class Variable(_Strict):
 
     type: VariableType = VariableType.STR
     default: Any = None
-    sensitive: bool = False
+    sensitive: StrictBool = False
     description: str = ""
 
     @property
@@ -93,7 +98,7 @@ class Variable(_Strict):
 
 class CheckpointSettings(_Strict):
     usage: CheckpointUsage = CheckpointUsage.IF_EXISTS
-    save: bool = True
+    save: StrictBool = True
 
 
 class Task(_Strict):
@@ -104,18 +109,20 @@ class Task(_Strict):
     shell: str | None = None
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
-    retries: int = Field(default=0, ge=0, le=100)
-    retry_delay: float = Field(default=0.0, ge=0, le=3600)
-    timeout: float | None = Field(default=None, gt=0)
+    retries: StrictInt = Field(default=0, ge=0, le=100)
+    retry_delay: StrictFloat = Field(default=0.0, ge=0, le=3600)
+    timeout: StrictFloat | None = Field(default=None, gt=0)
     foreach: Any = None
     depends_on: list[TaskId] = Field(default_factory=list)
-    fail_package_on_failure: bool = True
-    always_rerun: bool = False
+    fail_package_on_failure: StrictBool = True
+    always_rerun: StrictBool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if (self.python is None) == (self.shell is None):
-            raise ValueError("a task needs exactly one of 'python' or 'shell'")
+        if self.python is not None and self.shell is not None:
+            raise ValueError("a task has both 'python' and 'shell'; give exactly one")
+        if self.python is None and self.shell is None:
+            raise ValueError("a task needs 'python' (module:function) or 'shell' (a command)")
         return self
 
     @field_validator("foreach")
@@ -125,9 +132,7 @@ class Task(_Strict):
             return None
         if isinstance(value, str):
             if EXPRESSION.fullmatch(value.strip()) is None:
-                raise ValueError(
-                    "foreach is a list of items or one '{{ ... }}' expression giving a list"
-                )
+                raise ValueError("foreach is a list of items or one '{{ ... }}' expression giving a list")
             return value
         if not isinstance(value, list) or not all(isinstance(i, ForeachItem) for i in value):
             raise ValueError("foreach is a list of strings, numbers or booleans")
@@ -149,7 +154,7 @@ class Package(_Strict):
     name: PackageName
     description: str = ""
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
-    max_restarts: int | None = Field(default=None, ge=0, le=1000)
+    max_restarts: StrictInt | None = Field(default=None, ge=0, le=1000)
     variables: dict[VariableName, Variable] = Field(default_factory=dict)
     tasks: list[Task] = Field(min_length=1)
 
@@ -174,7 +179,7 @@ class Package(_Strict):
     @property
     def definition_hash(self) -> str:
         """sha256 of the canonical definition; descriptions do not count."""
-        body = json.dumps(_without_descriptions(self.model_dump(mode="json")), sort_keys=True)
+        body = json.dumps(self.model_dump(mode="json", exclude=_DESCRIPTIONS), sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,24 +191,23 @@ def item_key(item: ForeachItem) -> str:
     return item if isinstance(item, str) else json.dumps(item)
 
 
-def _without_descriptions(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_descriptions(v) for k, v in value.items() if k != "description"}
-    if isinstance(value, list):
-        return [_without_descriptions(v) for v in value]
-    return value
+# Only the models' own descriptions: a task *param* named "description" is data
+# and must change the hash.
+_DESCRIPTIONS: Any = {
+    "description": True,
+    "variables": {"__all__": {"description"}},
+    "tasks": {"__all__": {"description"}},
+}
 
 
 def parse_package(data: Any, *, source: str = "package") -> Package:
     """Validate a mapping into a :class:`Package`; raise :class:`PackageInvalid` listing all."""
-    from orchestrator.validation import field_issues, graph_issues
+    from orchestrator.validation import describe_type, field_issues, graph_issues
 
     issues: list[Issue] = []
     package: Package | None = None
     if not isinstance(data, dict):
-        raise PackageInvalid(
-            [Issue("", f"a package is a mapping, not {type(data).__name__}")], source=source
-        )
+        raise PackageInvalid([Issue("", f"a package is a mapping, not {describe_type(data)}")], source=source)
     try:
         package = Package.model_validate(data, context={"graph_checked": True})
     except ValidationError as exc:
@@ -215,19 +219,81 @@ def parse_package(data: Any, *, source: str = "package") -> Package:
 
 
 def load_package(path: str | Path) -> Package:
-    """Read a YAML or JSON package file and validate it."""
+    """Read a YAML or JSON (``.json``) package file and validate it.
+
+    A key given twice in one mapping is an error (both parsers would otherwise
+    keep the last one silently).
+    """
     file = Path(path)
+    kind = "JSON" if file.suffix.lower() == ".json" else "YAML"
     try:
-        text = file.read_text(encoding="utf-8")
+        data = _parse_text(file.read_text(encoding="utf-8"), kind)
     except OSError as exc:
-        raise PackageInvalid(
-            [Issue("", f"cannot read package file: {exc.strerror}")], source=str(file)
-        ) from exc
-    try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise PackageInvalid(
-            [Issue("", f"not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}")],
-            source=str(file),
-        ) from exc
-    return parse_package(data, source=str(file))
+        message = f"cannot read package file: {exc.strerror or exc}"
+    except UnicodeDecodeError as exc:
+        message = f"package file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except (yaml.YAMLError, ValueError) as exc:
+        message = f"not valid {kind}: {exc}"
+    except RecursionError:
+        message = f"not valid {kind}: nested too deeply"
+    else:
+        return parse_package(data, source=str(file))
+    raise PackageInvalid([Issue("", message)], source=str(file))
+
+
+def _parse_text(text: str, kind: str) -> Any:
+    if kind == "JSON":
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    _check_expansion(data, set(), [_MAX_YAML_VALUES])
+    return data
+
+
+_MAX_YAML_VALUES = 1_000_000
+
+
+def _check_expansion(value: Any, ancestors: set[int], budget: list[int]) -> None:
+    """Refuse what YAML aliases make of a small file: a value inside itself, or a huge tree.
+
+    Aliases share objects, so ``a: &a [*a]`` is recursive and nine levels of nine
+    aliases ("billion laughs") are 9**9 values to validate.
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"more than {_MAX_YAML_VALUES} values once aliases are expanded")
+    if not isinstance(value, dict | list):
+        return
+    if id(value) in ancestors:
+        raise ValueError("a value contains itself (recursive alias)")
+    ancestors.add(id(value))
+    for item in value.values() if isinstance(value, dict) else value:
+        _check_expansion(item, ancestors, budget)
+    ancestors.discard(id(value))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key(s) in one object: {', '.join(map(repr, repeated))}")
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: list[Any] = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" then overriding a merged key is allowed
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)

@@ -16,7 +16,9 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-EXPRESSION = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+# The inner part may not contain "}}": otherwise "{{ vars.a }}{{ vars.b }}" would
+# fullmatch as one expression "vars.a }}{{ vars.b".
+EXPRESSION = re.compile(r"\{\{\s*((?:(?!\}\}).)*?)\s*\}\}")
 REFERENCE = re.compile(r"(vars|outputs)((?:\.[A-Za-z0-9_-]+)+)")
 
 
