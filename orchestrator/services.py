@@ -46,6 +46,15 @@ class Services:
                 self._cache[name] = build()
             return cast(T, self._cache[name])
 
+    def close(self) -> None:
+        """Release the connections this process made (engine pool, Redis pool)."""
+        with self._lock:
+            cache, self._cache = self._cache, {}
+        if "repository" in cache:
+            cache["repository"].engine.dispose()
+        if "redis" in cache:
+            cache["redis"].close()
+
     @property
     def broker_url(self) -> str:
         if self._broker_url is None:

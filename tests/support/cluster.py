@@ -135,6 +135,8 @@ class Cluster:
                 os.killpg(process.pid, signal.SIGKILL)
         for process in self.processes.values():
             process.wait(timeout=30)
+        if hasattr(self, "_services"):
+            self._services.close()
 
     def entries(self) -> list[dict[str, Any]]:
         return T.read_log(self.log)

@@ -84,6 +84,7 @@ def units(ctx: TaskContext) -> dict[str, Any]:
             hook(ctx)
         record(ctx, "unit", unit=unit)
         ctx.progress.save({"done": unit + 1})
+        record(ctx, "saved", unit=unit)
     record(ctx, "end")
     return {"task": ctx.task_id, "resumed_at": start}
 
