@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import threading
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,12 +21,15 @@ from checkpoints import validate_run_id
 from checkpoints.format import canonical_json
 from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
 from orchestrator.liveness import Expired, LostDispatch
+from orchestrator.metrics import QUEUES, bounded, metrics, serve, set_run_counts
 from orchestrator.package import Package, parse_package
 from orchestrator.services import Services
 from orchestrator.states import RunState
 from workers.app import RUN_QUEUE, RUN_TASK
 
 log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 1.0
 
 
 class SubmitMessage(BaseModel):
@@ -59,6 +63,7 @@ class Scheduler:
         self.services = services
         self.settings = services.settings
         self._stop = threading.Event()
+        self._gauges_at = -GAUGE_INTERVAL
 
     # -- control messages ----------------------------------------------------------------
 
@@ -87,6 +92,8 @@ class Scheduler:
             idempotency_key=message.idempotency_key,
         )
         run = repo.run_row(run_id)
+        if created:
+            metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
         if created or (run.attempt == 0 and run.state is RunState.QUEUED):
             self.dispatch(run_id)
         else:
@@ -120,18 +127,21 @@ class Scheduler:
         if isinstance(exc, InvalidInput) and not isinstance(exc, SubmissionRefused):
             reason = str(exc)
         log.warning("submission %r refused: %s", run_id, reason)
+        metrics().submissions_refused.inc()
         try:
             safe_id = validate_run_id(run_id)
         except ValueError:
             return  # no usable id: nothing to record a refusal under (the log line says it)
-        name = payload.get("package", {}).get("name", "?") if isinstance(payload, dict) else "?"
+        definition = payload.get("package") if isinstance(payload, dict) else None
+        name = definition.get("name", "?") if isinstance(definition, dict) else "?"
         self.services.repository.record_refusal(safe_id, str(name), reason)
 
     def resume(self, run_id: str) -> None:
         """Resume a failed or cancelled run from its checkpoint (a manual restart)."""
-        self.services.repository.prepare_resume(run_id)
+        run = self.services.repository.prepare_resume(run_id)
         self.services.liveness.clear_cancel(run_id)
         self.dispatch(run_id, reason="manual")
+        metrics().run_restarts.labels(package=bounded("package", run.package), reason="manual").inc()
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -175,6 +185,19 @@ class Scheduler:
         for node in liveness.lost_nodes():
             if liveness.take_lost_node(node):
                 self._node_lost(node)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        """Refresh the state gauges, at most once a second (one SQL count, a few Redis reads)."""
+        now = time.monotonic()
+        if now - self._gauges_at < GAUGE_INTERVAL:
+            return
+        self._gauges_at = now
+        m = metrics()
+        m.worker_nodes_alive.set(len(self.services.liveness.alive_nodes()))
+        for queue in QUEUES:
+            m.queue_depth.labels(queue=queue).set(self.services.liveness.queue_depth(queue))
+        set_run_counts(self.services.repository.count_by_state())
 
     def rebuild(self) -> None:
         """Re-create leases and pending claims from SQL (Redis started empty or lost its data)."""
@@ -218,9 +241,12 @@ class Scheduler:
         if run is None:
             self.services.liveness.drop_pending(run_id)
             return
+        package = bounded("package", run.package)
         if run.cancel_requested:
             repo.end_run(run_id, RunState.CANCELLED, "cancelled; checkpoint kept")
+            metrics().runs_finished.labels(package=package, state=RunState.CANCELLED.value).inc()
         elif run.restarts > run.max_restarts:
+            metrics().runs_finished.labels(package=package, state=RunState.FAILED.value).inc()
             repo.end_run(
                 run_id,
                 RunState.FAILED,
@@ -230,6 +256,7 @@ class Scheduler:
             )
         else:
             self._send(run_id, epoch, reason=reason, lost_at_ms=lost_at_ms)
+            metrics().run_restarts.labels(package=package, reason=reason).inc()
             return
         self.services.liveness.drop_pending(run_id)
 
@@ -237,6 +264,7 @@ class Scheduler:
         from orchestrator.db import NodeState
 
         log.warning("node %s stopped sending heartbeats: marked lost", node)
+        metrics().node_loss_detected.inc()
         self.services.repository.set_node_state(node, NodeState.LOST)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -265,6 +293,7 @@ def serve_scheduler(services: Services) -> None:
 
     scheduler = Scheduler(services)
     services.repository  # noqa: B018 - apply migrations before anything else
+    serve(services.settings.metrics_port)
     if not services.liveness.marker_present():
         scheduler.rebuild()
     register_control_tasks(services.app, scheduler)

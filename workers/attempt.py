@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from checkpoints import CheckpointError, SecretBox, validate_run_id
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.liveness import Claim
+from orchestrator.metrics import MetricsHooks, metrics
 from orchestrator.package import ForeachItem, parse_package
 from orchestrator.services import Services
 from orchestrator.states import RunState, TaskState
@@ -98,6 +99,8 @@ def run_attempt(
     if claim.status is not Claim.OK:
         _not_claimed(services, message, node, claim.status)
         return None
+    if message.lost_at_ms is not None:  # a resubmission: from lease expiry to running again
+        metrics().recovery_seconds.observe(max(0, claim.server_ms - message.lost_at_ms) / 1000)
     stop = threading.Event()
     keeper = LeaseKeeper(
         liveness,
@@ -148,7 +151,10 @@ def run_attempt(
         )
         raise
     keeper.stop()
-    liveness.release(message.run_id, message.epoch)
+    if not keeper.lost:
+        # A lost lease is left to expire: if no scheduler fenced it yet, releasing it would
+        # leave the run with neither a lease nor a pending claim, and nobody would recover it.
+        liveness.release(message.run_id, message.epoch)
     return outcome
 
 
@@ -173,7 +179,7 @@ def _execute(
     options = ExecutionOptions(
         store=services.store,
         secret_key=settings.secret(),
-        hooks=_Both(reporter, hooks) if hooks is not None else reporter,
+        hooks=_All(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
         guard=keeper.check,
         stop=stop,
         keep_checkpoint=settings.keep_checkpoints,
@@ -223,39 +229,34 @@ def decode_variables(stored: dict[str, Any], secret_key: str | None) -> dict[str
     return values
 
 
-class _Both(ExecutionHooks):
-    """Two sets of hooks called in turn (the SQL reporter first)."""
+class _All(ExecutionHooks):
+    """Several sets of hooks called in turn (the SQL reporter first)."""
 
-    def __init__(self, first: ExecutionHooks, second: ExecutionHooks) -> None:
-        self.first, self.second = first, second
+    def __init__(self, *hooks: ExecutionHooks) -> None:
+        self.hooks = hooks
 
     def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
-        self.first.run_started(run_id, resumed, skipped)
-        self.second.run_started(run_id, resumed, skipped)
+        for hooks in self.hooks:
+            hooks.run_started(run_id, resumed, skipped)
 
     def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
-        self.first.task_started(task_id, item, try_number)
-        self.second.task_started(task_id, item, try_number)
+        for hooks in self.hooks:
+            hooks.task_started(task_id, item, try_number)
 
     def task_finished(
-        self,
-        task_id: str,
-        item: ForeachItem | None,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
+        self, task_id: str, item: ForeachItem | None, state: TaskState, seconds: float, error: str | None
     ) -> None:
-        self.first.task_finished(task_id, item, state, seconds, error)
-        self.second.task_finished(task_id, item, state, seconds, error)
+        for hooks in self.hooks:
+            hooks.task_finished(task_id, item, state, seconds, error)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
-        self.first.checkpoint_saved(size, seconds, reason)
-        self.second.checkpoint_saved(size, seconds, reason)
+        for hooks in self.hooks:
+            hooks.checkpoint_saved(size, seconds, reason)
 
     def checkpoint_failed(self, result: str, error: str) -> None:
-        self.first.checkpoint_failed(result, error)
-        self.second.checkpoint_failed(result, error)
+        for hooks in self.hooks:
+            hooks.checkpoint_failed(result, error)
 
     def run_finished(self, result: RunResult) -> None:
-        self.first.run_finished(result)
-        self.second.run_finished(result)
+        for hooks in self.hooks:
+            hooks.run_finished(result)

@@ -7,6 +7,7 @@ import os
 import socket
 
 from orchestrator.db import NodeState
+from orchestrator.metrics import enable_multiprocess, serve
 from orchestrator.services import Services
 from workers.app import RUN_QUEUE
 from workers.lease import NodeHeartbeat
@@ -22,6 +23,10 @@ def default_node_name() -> str:
 def serve_worker(services: Services, node: str, concurrency: int, metrics_port: int | None) -> None:
     """Run the node until the Celery worker stops (SIGTERM: warm shutdown; SIGQUIT: cold)."""
     settings = services.settings
+    if metrics_port is not None:
+        # Before any metric exists: the pool's processes then write samples the node sums.
+        enable_multiprocess(settings.state_dir / "metrics" / node)
+        metrics_port = serve(metrics_port, multiprocess_mode=True)
     register_worker_tasks(services.app, services, node)
     services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
     info = {

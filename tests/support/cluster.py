@@ -53,6 +53,7 @@ class Cluster:
             ORCHESTRATOR_DATABASE_URL=self.database_url,
             ORCHESTRATOR_CHECKPOINT_ROOT=str(self.checkpoint_root),
             ORCHESTRATOR_STATE_DIR=str(self.tmp / "state"),
+            ORCHESTRATOR_METRICS_PORT="0",
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
             **{T.LOG_ENV: str(self.log)},
         )
