@@ -60,6 +60,8 @@ class LocalCluster:
     members: list[Member] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
     broker_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
     _reported: set[str] = field(default_factory=set)
 
     def start(self) -> None:
@@ -88,12 +90,19 @@ class LocalCluster:
         return None if self.metrics_base_port is None else self.metrics_base_port + index
 
     def _spawn(self, name: str, role: str, args: list[str], port: int | None) -> Member:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["ORCHESTRATOR_BROKER_URL"] = self.broker_url
         if role == "scheduler" and port is not None:
             env["ORCHESTRATOR_METRICS_PORT"] = str(port)
         command = [sys.executable, "-m", "orchestrator", *args]
-        process = subprocess.Popen(command, env=env, start_new_session=True)
+        if self.log_dir is None:
+            process = subprocess.Popen(command, env=env, start_new_session=True)
+        else:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.log_dir / f"{name}.log").open("ab") as output:
+                process = subprocess.Popen(
+                    command, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+                )
         log.info("started %s (pid %d)", name, process.pid)
         return Member(name, role, process, port)
 

@@ -281,3 +281,14 @@ def _last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:
         return None
     at = datetime.fromtimestamp(info["deadline_ms"] / 1000, UTC) - timedelta(seconds=ttl)
     return at.isoformat()
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's files for a look.")] = False,
+) -> None:
+    """The showcase: a node dies mid-run and the package finishes on another node."""
+    from orchestrator.demo import run_demo
+
+    report = run_demo(out, keep=keep)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

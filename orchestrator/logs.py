@@ -59,3 +59,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Schema migrations announce themselves at INFO on every start: not news.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

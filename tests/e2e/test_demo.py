@@ -1,0 +1,27 @@
+"""``orchestrator demo`` from a fresh directory: the showcase must run to success, quickly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cli
+
+
+@pytest.mark.timeout(150)
+def test_demo_survives_the_loss_of_its_node(tmp_path: Path) -> None:
+    env = {"ORCHESTRATOR_BROKER_URL": "", "ORCHESTRATOR_DATABASE_URL": ""}
+    started = time.monotonic()
+    result = run_cli("demo", cwd=tmp_path, env=env, timeout=140)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert elapsed < 90, f"the demo took {elapsed:.0f} s"
+    out = result.stdout
+    assert "recovery time" in out and "s from the kill to the package running again" in out
+    assert "tasks skipped on resume │ 2 (prepare, generate)" in out
+    assert "rows loaded once        │ 6000 of 6000" in out
+    assert "finished work repeated  │ none" in out
+    assert "killed node-" in out and "resumed" in out
+    assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"
