@@ -181,7 +181,10 @@ def runs(
         table.add_column(column)
     for row in rows:
         table.add_row(
-            *(str(row[k] or "-") for k in ("run_id", "package", "state", "attempt", "restarts", "node")),
+            *(
+                "-" if row[k] is None else str(row[k])
+                for k in ("run_id", "package", "state", "attempt", "restarts", "node")
+            ),
             row["submitted_at"][:19],
         )
     out.print(table)
@@ -211,9 +214,9 @@ def events(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     for column in ("time", "event", "attempt", "node", "detail"):
         table.add_column(column)
     for row in rows:
-        detail = " ".join(f"{k}={v}" for k, v in row["detail"].items() if k != "tasks")
+        detail = " ".join(f"{k}={v}" for k, v in row["detail"].items() if k != "tasks" and v is not None)
         table.add_row(
-            row["at"][11:23],
+            _clock(row["at"]),
             row["kind"],
             str(row["attempt"] or "-"),
             row["node"] or "-",
@@ -270,10 +273,15 @@ def nodes(json_output: JsonOption = False) -> None:
             row["node"],
             row["state"],
             str(row["concurrency"] or "-"),
-            (row["last_heartbeat"] or "-")[11:23],
+            _clock(row["last_heartbeat"]),
             ", ".join(row["runs"]) or "-",
         )
     out.print(table)
+
+
+def _clock(iso: str | None) -> str:
+    """``HH:MM:SS.mmm`` of an ISO timestamp, ``-`` for none."""
+    return datetime.fromisoformat(iso).strftime("%H:%M:%S.%f")[:12] if iso else "-"
 
 
 def _last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:

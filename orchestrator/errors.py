@@ -51,5 +51,9 @@ class RunNotFound(OrchestratorError):
     """No run with that id is recorded."""
 
 
+class RunStateConflict(InvalidInput):
+    """The run is not in a state that allows the request (resume a succeeded run, say)."""
+
+
 class ClusterUnavailable(OrchestratorError):
     """The broker or the database cannot be reached."""

@@ -30,7 +30,7 @@ from orchestrator.db import (
     utcnow,
 )
 from orchestrator.db import Package as PackageRow
-from orchestrator.errors import RunNotFound
+from orchestrator.errors import RunNotFound, RunStateConflict
 from orchestrator.package import Package
 from orchestrator.states import RunState, TaskState
 from workers.errors import AttemptFenced
@@ -81,12 +81,16 @@ class Repository:
 
     @contextlib.contextmanager
     def fenced(self, run_id: str, epoch: int) -> Iterator[tuple[Session, Run]]:
-        """A transaction on the run, refused unless its epoch is still ``epoch``."""
+        """A transaction on the run, refused unless its epoch is still ``epoch`` and it has not ended."""
         with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
             if run.epoch != epoch:
                 raise AttemptFenced(
                     f"run {run_id!r} is at epoch {run.epoch}; attempt with epoch {epoch} was fenced"
                 )
+            if run.state.finished:
+                # Ended by its attempt (a redelivered message must not run it again) or by the
+                # scheduler (restarts exhausted, cancelled), which fences in Redis only.
+                raise AttemptFenced(f"run {run_id!r} has ended ({run.state.value}); epoch {epoch} is over")
             yield session, run
 
     @staticmethod
@@ -268,11 +272,11 @@ class Repository:
         """Check that a run may be resumed (failed or cancelled) and clear its cancel flag."""
         with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
             if run.state not in (RunState.FAILED, RunState.CANCELLED):
-                raise RunNotFound(
+                raise RunStateConflict(
                     f"run {run_id!r} is {run.state.value}: only failed or cancelled runs can be resumed"
                 )
             if not run.definition_hash:
-                raise RunNotFound(f"run {run_id!r} was refused at submission and cannot be resumed")
+                raise RunStateConflict(f"run {run_id!r} was refused at submission and cannot be resumed")
             run.cancel_requested = False
             run.max_restarts = run.restarts + run.max_restarts
             self._event(session, run_id, "resume_requested")

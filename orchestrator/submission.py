@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from checkpoints import SecretBox, validate_run_id
-from orchestrator.errors import RunNotFound
+from orchestrator.errors import RunNotFound, RunStateConflict
 from orchestrator.package import Package
 from orchestrator.scheduler import sign
 from orchestrator.services import Services
@@ -114,7 +114,7 @@ class Client:
         """Send a failed or cancelled run back to the scheduler, to continue from its checkpoint."""
         run = self.services.repository.run_row(validate_run_id(run_id))
         if run.state not in (RunState.FAILED, RunState.CANCELLED):
-            raise RunNotFound(
+            raise RunStateConflict(
                 f"run {run_id!r} is {run.state.value}: only failed or cancelled runs can be resumed"
             )
         self.services.app.send_task(RESUME_TASK, kwargs={"run_id": run_id}, queue=CONTROL_QUEUE)

@@ -423,7 +423,9 @@ class _Run:
             _cancelled=stopped,
         )
         output = self._call(task, ctx, task_stop, stopped)
-        self._raise_if_interrupted()
+        # A task that returned because it saw ctx.cancelled did not finish its work:
+        # it must not be recorded as done (a resumed run runs it again).
+        self._check_stop()
         return checked_output(task.id, output), variables.snapshot()
 
     def _call(self, task: Task, ctx: TaskContext, task_stop: threading.Event, stopped: Flag) -> Any:
