@@ -46,9 +46,6 @@ class Metrics:
     run_restarts: Counter
     node_loss_detected: Counter
     recovery_seconds: Histogram
-    runs: Gauge
-    worker_nodes_alive: Gauge
-    queue_depth: Gauge
     task_duration: Histogram
     task_failures: Counter
     tasks_skipped: Counter
@@ -58,8 +55,18 @@ class Metrics:
     submissions_refused: Counter
 
 
+@dataclass(frozen=True)
+class Gauges:
+    """Cluster-wide state, set by schedulers only (a worker node never exposes them)."""
+
+    runs: Gauge
+    worker_nodes_alive: Gauge
+    queue_depth: Gauge
+
+
 _lock = threading.Lock()
 _created: list[Metrics] = []  # the process's metrics once made (at most one)
+_gauges: list[Gauges] = []
 _label_values: dict[str, set[str]] = {}
 
 
@@ -69,9 +76,6 @@ def _create(registry: CollectorRegistry) -> Metrics:
 
     def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, doc, labels, registry=registry, buckets=buckets)
-
-    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(name, doc, labels, registry=registry, multiprocess_mode="livemax")
 
     return Metrics(
         runs_submitted=counter("orchestrator_runs_submitted", "Runs submitted.", ("package",)),
@@ -84,9 +88,6 @@ def _create(registry: CollectorRegistry) -> Metrics:
             (),
             _RECOVERY_BUCKETS,
         ),
-        runs=gauge("orchestrator_runs", "Runs by state.", ("state",)),
-        worker_nodes_alive=gauge("orchestrator_worker_nodes_alive", "Worker nodes sending heartbeats."),
-        queue_depth=gauge("orchestrator_queue_depth", "Messages waiting in a queue.", ("queue",)),
         task_duration=histogram(
             "orchestrator_task_duration_seconds",
             "Task durations (one observation per finished task).",
@@ -119,6 +120,25 @@ def metrics() -> Metrics:
                 made.checkpoint_writes.labels(result=result)
             _created.append(made)
         return _created[0]
+
+
+def gauges() -> Gauges:
+    """The scheduler's state gauges, created on first use."""
+    with _lock:
+        if not _gauges:
+            _gauges.append(_create_gauges(prometheus_client.REGISTRY))
+        return _gauges[0]
+
+
+def _create_gauges(registry: CollectorRegistry) -> Gauges:
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    return Gauges(
+        runs=gauge("orchestrator_runs", "Runs by state.", ("state",)),
+        worker_nodes_alive=gauge("orchestrator_worker_nodes_alive", "Worker nodes sending heartbeats."),
+        queue_depth=gauge("orchestrator_queue_depth", "Messages waiting in a queue.", ("queue",)),
+    )
 
 
 def enable_multiprocess(directory: Path) -> None:
@@ -159,7 +179,7 @@ def bounded(kind: str, value: str) -> str:
 
 
 def set_run_counts(counts: dict[RunState, int]) -> None:
-    gauge = metrics().runs
+    gauge = gauges().runs
     for state in RunState:
         gauge.labels(state=state.value).set(counts.get(state, 0))
 
