@@ -32,6 +32,7 @@ from checkpoints import (
     TaskRecord,
 )
 from checkpoints.format import utcnow
+from orchestrator.logs import log_context
 from orchestrator.masking import Masker
 from orchestrator.package import CheckpointUsage, ForeachItem, Package, Task, item_key
 from orchestrator.states import RunState, TaskState
@@ -246,6 +247,10 @@ class _Run:
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunResult:
+        with log_context(run_id=self.request.run_id, attempt=self.request.attempt, mask=self.masker):
+            return self._run()
+
+    def _run(self) -> RunResult:
         self.hooks.run_started(self.request.run_id, self.resumed, self.skipped)
         try:
             for task in topological_order(self.package):
@@ -360,7 +365,8 @@ class _Run:
             self.hooks.task_started(task.id, item, try_number)
             started = time.monotonic()
             try:
-                output, variables = self._invoke(task, item, try_number)
+                with log_context(task=task.id):
+                    output, variables = self._invoke(task, item, try_number)
             except (RunInterrupted, KeyboardInterrupt):
                 raise
             except Exception as exc:

@@ -10,6 +10,7 @@ its own process group, which is killed on timeout or cancellation.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import json
 import logging
@@ -90,7 +91,8 @@ def call_python(
         except BaseException as exc:  # handed to the waiting thread, re-raised there
             result["error"] = exc
 
-    thread = threading.Thread(target=body, name=f"task-{ctx.task_id}", daemon=True)
+    context = contextvars.copy_context()  # the log context follows the task into its thread
+    thread = threading.Thread(target=context.run, args=(body,), name=f"task-{ctx.task_id}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
