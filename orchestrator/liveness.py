@@ -115,10 +115,12 @@ return {epoch, tonumber(deadline), now}
 """
 )
 
-# KEYS: epoch, pending   ARGV: run, claim_timeout_ms
+# KEYS: epoch, pending   ARGV: run, claim_timeout_ms, floor
 _FENCE_FOR_DISPATCH = (
     _NOW
     + """
+local floor = tonumber(ARGV[3] or '0')
+if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then redis.call('SET', KEYS[1], floor) end
 local epoch = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 return {epoch, now}
@@ -143,13 +145,14 @@ return now
 """
 )
 
-# KEYS: nodes   ARGV: node
+# KEYS: nodes, info   ARGV: node
 _TAKE_LOST_NODE = (
     _NOW
     + """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline or tonumber(deadline) > now then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
 return 1
 """
 )
@@ -307,10 +310,13 @@ class Liveness:
         epoch, deadline, now = found
         return LostDispatch(run_id, int(epoch), int(deadline), int(now))
 
-    def fence_for_dispatch(self, run_id: str) -> int:
-        """A new epoch for a dispatch, with a claim deadline (a crash before the send is noticed)."""
+    def fence_for_dispatch(self, run_id: str, *, after: int = 0) -> int:
+        """A new epoch for a dispatch, with a claim deadline (a crash before the send is noticed).
+
+        The epoch is above ``after`` (the epoch SQL recorded) even if Redis lost the run's key.
+        """
         keys = [self._key("epoch", run_id), self._key("pending")]
-        epoch, _ = self._fence_for_dispatch(keys, [run_id, self.claim_timeout_ms])
+        epoch, _ = self._fence_for_dispatch(keys, [run_id, self.claim_timeout_ms, after])
         return int(epoch)
 
     def fence_run(self, run_id: str) -> int:
@@ -326,12 +332,13 @@ class Liveness:
         return [_text(r) for r in raw]
 
     def take_lost_node(self, node: str) -> bool:
-        return bool(self._take_lost_node([self._key("nodes")], [node]))
+        return bool(self._take_lost_node([self._key("nodes"), self._key("node", node)], [node]))
 
     def alive_nodes(self) -> dict[str, dict[str, Any]]:
         """Nodes whose heartbeat has not expired, with what they said about themselves."""
+        # Exclusive: a deadline equal to now has passed (the scripts' rule), so that node is lost.
         scored: list[Any] = self.client.zrangebyscore(
-            self._key("nodes"), self.server_ms(), "+inf", withscores=True
+            self._key("nodes"), f"({self.server_ms()}", "+inf", withscores=True
         )
         deadlines = {_text(name): int(deadline) for name, deadline in scored}
         keys = [self._key("node", name) for name in deadlines]

@@ -251,7 +251,8 @@ class Repository:
             if reason == "node_lost":
                 self._event(session, run_id, "node_lost", node=node or None, attempt=number)
             self._event(session, run_id, "fenced", node=node or None, attempt=number, epoch=new_epoch)
-            run.restarts += 1
+            if not run.cancel_requested:  # a cancelled run is ended, not restarted
+                run.restarts += 1
             run.state = RunState.RECOVERING
             session.flush()
             session.expunge(run)

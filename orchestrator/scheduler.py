@@ -21,7 +21,7 @@ from checkpoints import validate_run_id
 from checkpoints.format import canonical_json
 from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
 from orchestrator.liveness import Expired, LostDispatch
-from orchestrator.metrics import QUEUES, bounded, metrics, serve, set_run_counts
+from orchestrator.metrics import QUEUES, bounded, gauges, metrics, serve, set_run_counts
 from orchestrator.package import Package, parse_package
 from orchestrator.services import Services
 from orchestrator.states import RunState
@@ -140,19 +140,21 @@ class Scheduler:
         """Resume a failed or cancelled run from its checkpoint (a manual restart)."""
         run = self.services.repository.prepare_resume(run_id)
         self.services.liveness.clear_cancel(run_id)
-        self.dispatch(run_id, reason="manual")
+        # An ended run's epoch is not rebuilt after Redis lost its data: start above SQL's.
+        self.dispatch(run_id, reason="manual", after=run.epoch)
         metrics().run_restarts.labels(package=bounded("package", run.package), reason="manual").inc()
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def dispatch(self, run_id: str, *, reason: str | None = None) -> None:
-        epoch = self.services.liveness.fence_for_dispatch(run_id)
+    def dispatch(self, run_id: str, *, reason: str | None = None, after: int = 0) -> None:
+        epoch = self.services.liveness.fence_for_dispatch(run_id, after=after)
         self._send(run_id, epoch, reason=reason)
 
     def _send(self, run_id: str, epoch: int, *, reason: str | None, lost_at_ms: int | None = None) -> None:
         dispatch = self.services.repository.record_dispatch(run_id, epoch, reason=reason)
         if dispatch is None:
-            self.services.liveness.drop_pending(run_id)
+            # The run ended, or a newer dispatch was recorded: its claim deadline is not ours to
+            # drop (an ended run's entry is dropped when it comes due, in _resubmit).
             return
         self.services.app.send_task(
             RUN_TASK,
@@ -193,7 +195,7 @@ class Scheduler:
         if now - self._gauges_at < GAUGE_INTERVAL:
             return
         self._gauges_at = now
-        m = metrics()
+        m = gauges()
         m.worker_nodes_alive.set(len(self.services.liveness.alive_nodes()))
         for queue in QUEUES:
             m.queue_depth.labels(queue=queue).set(self.services.liveness.queue_depth(queue))
@@ -294,6 +296,7 @@ def serve_scheduler(services: Services) -> None:
     scheduler = Scheduler(services)
     services.repository  # noqa: B018 - apply migrations before anything else
     serve(services.settings.metrics_port)
+    gauges()
     if not services.liveness.marker_present():
         scheduler.rebuild()
     register_control_tasks(services.app, scheduler)

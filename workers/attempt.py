@@ -15,9 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from checkpoints import CheckpointError, SecretBox, validate_run_id
+from checkpoints import CheckpointError, Fenced, SecretBox, validate_run_id
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.liveness import Claim
+from orchestrator.logs import log_context
 from orchestrator.metrics import MetricsHooks, metrics
 from orchestrator.package import ForeachItem, parse_package
 from orchestrator.services import Services
@@ -118,7 +119,8 @@ def run_attempt(
     try:
         repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
         log.info("node %s claimed attempt %d of run %s", node, message.attempt, message.run_id)
-        outcome = _execute(services, message, node, keeper, stop, hooks)
+        with log_context(run_id=message.run_id, attempt=message.attempt, node=node):
+            outcome = _execute(services, message, node, keeper, stop, hooks)
         if keeper.lost:
             raise AttemptFenced(f"attempt {message.attempt} of run {message.run_id!r} lost its lease")
         repo.finish_attempt(
@@ -130,7 +132,11 @@ def run_attempt(
             outcome.error,
             outcome.tasks,
         )
-    except AttemptFenced as exc:
+        if outcome.succeeded and not services.settings.keep_checkpoints:
+            # Only once the outcome is recorded: a node dying before that must find the
+            # checkpoint and finish the run from it, not run the package again.
+            services.store.delete(outcome.package, message.run_id, epoch=message.epoch)
+    except (AttemptFenced, Fenced) as exc:
         log.warning("attempt %d of run %s stops without reporting: %s", message.attempt, message.run_id, exc)
         outcome = None
     except (InvalidInput, CheckpointError, OrchestratorError) as exc:
@@ -182,7 +188,7 @@ def _execute(
         hooks=_All(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
         guard=keeper.check,
         stop=stop,
-        keep_checkpoint=settings.keep_checkpoints,
+        keep_checkpoint=True,  # deleted by run_attempt once the outcome is recorded
         allowed_modules=settings.task_module_roots,
         allow_shell=settings.allow_shell,
     )
