@@ -12,25 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_failover import FAST, HOLD_AT, finished, holding, ten_tasks
 from tests.support.cli import wait_until
 from tests.support.cluster import Cluster
+from tests.support.contract import METRICS
 
 pytestmark = pytest.mark.timeout(180)
 
-CONTRACT = {
-    "orchestrator_runs_submitted": "counter",
-    "orchestrator_runs_finished": "counter",
-    "orchestrator_run_restarts": "counter",
-    "orchestrator_node_loss_detected": "counter",
-    "orchestrator_recovery_seconds": "histogram",
-    "orchestrator_runs": "gauge",
-    "orchestrator_worker_nodes_alive": "gauge",
-    "orchestrator_queue_depth": "gauge",
-    "orchestrator_task_duration_seconds": "histogram",
-    "orchestrator_task_failures": "counter",
-    "orchestrator_tasks_skipped": "counter",
-    "orchestrator_checkpoint_writes": "counter",
-    "orchestrator_checkpoint_write_seconds": "histogram",
-    "orchestrator_checkpoint_bytes": "histogram",
-}
+CONTRACT = METRICS
 
 
 def free_port() -> int:

@@ -28,28 +28,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.contract import METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = "deploy/kubernetes"
 PROMETHEUS = "deploy/prometheus"
 IMAGE_NAME = "checkpoint-orchestrator"
 JOBS = {"scheduler": "orchestrator-scheduler", "worker": "orchestrator-worker"}
-CONTRACT = {
-    "orchestrator_runs_submitted": "counter",
-    "orchestrator_runs_finished": "counter",
-    "orchestrator_run_restarts": "counter",
-    "orchestrator_node_loss_detected": "counter",
-    "orchestrator_recovery_seconds": "histogram",
-    "orchestrator_runs": "gauge",
-    "orchestrator_worker_nodes_alive": "gauge",
-    "orchestrator_queue_depth": "gauge",
-    "orchestrator_task_duration_seconds": "histogram",
-    "orchestrator_task_failures": "counter",
-    "orchestrator_tasks_skipped": "counter",
-    "orchestrator_checkpoint_writes": "counter",
-    "orchestrator_checkpoint_write_seconds": "histogram",
-    "orchestrator_checkpoint_bytes": "histogram",
-    "orchestrator_submissions_refused": "counter",
-}
+CONTRACT = METRICS
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 EXPOSED = {base + suffix for base, kind in CONTRACT.items() for suffix in SUFFIXES[kind]}
 NOT_OURS = {"up"}  # Prometheus' own series the rules may use
