@@ -42,7 +42,7 @@ deadline = time.monotonic() + 30
 while not Path(go).exists():
     if time.monotonic() > deadline:
         sys.exit("barrier: the go file never appeared")
-    time.sleep(0.0005)
+    time.sleep(0.0005)  # poll; bounded by the deadline above
 """
 
 # Saves with its own epoch; records (seq, start_ns, end_ns, outcome) of every
@@ -60,7 +60,7 @@ while wait_for_seq >= 0:
         break
     if time.monotonic() > deadline:
         sys.exit("the other writer never reached seq %d" % wait_for_seq)
-    time.sleep(0.0005)
+    time.sleep(0.0005)  # poll; bounded by the deadline above
 log, fenced, seq = [], 0, 0
 stop = time.monotonic() + 30
 while seq < min_writes or fenced < min_fenced:
@@ -133,7 +133,7 @@ def release(tmp_path: Path, children: list[Child]) -> None:
         for child in children:
             assert child.process.poll() is None, child.process.communicate()[1].decode()
         assert time.monotonic() < deadline, "children never reached the barrier"
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll; bounded by the deadline above
     (tmp_path / "go").touch()
 
 

@@ -55,7 +55,7 @@ deadline = time.monotonic() + 60
 while not (sync / "go").exists():
     if time.monotonic() > deadline:
         sys.exit("no go signal within 60 s")
-    time.sleep(0.002)
+    time.sleep(0.002)  # poll; bounded by the deadline above
 engine = make_engine(url)
 if mode == "upgrade":
     upgrade(engine)
@@ -87,7 +87,7 @@ def run_together(
     while len(list(sync.glob("ready-*"))) < children:
         assert all(child.poll() is None for child in processes), "a child died before the barrier"
         assert time.monotonic() < deadline, "children did not start in time"
-        time.sleep(0.01)
+        time.sleep(0.01)  # poll; bounded by the deadline above
     (sync / "go").touch()
     for child in processes:
         _, stderr = child.communicate(timeout=max(deadline - time.monotonic(), 1))
