@@ -14,6 +14,8 @@ it idempotently.
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 CONTROL_QUEUE = "orchestrator.control"
@@ -39,6 +41,10 @@ def create_app(broker_url: str) -> Celery:
         task_acks_late=False,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
+        # Take a message only when a pool process is free: a message reserved ahead would die
+        # with its node and wait for the visibility timeout, since its run's claim deadline is
+        # pushed back while the queue is busy (Celery >= 5.6, Redis; ignored before).
+        worker_disable_prefetch=True,
         task_default_queue=RUN_QUEUE,
         task_routes={
             SUBMIT_TASK: {"queue": CONTROL_QUEUE},
@@ -54,4 +60,8 @@ def create_app(broker_url: str) -> Celery:
         worker_enable_remote_control=False,
         task_send_sent_event=False,
     )
+    if broker_url.startswith("rediss://"):
+        # kombu connects to a rediss:// URL without ssl_* options unverified (with a warning);
+        # verify the server like redis-py does. The URL's ssl_cert_reqs/ssl_ca_certs still win.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import CheckpointError, Fenced, SecretBox, validate_run_id
 from orchestrator.errors import InvalidInput, OrchestratorError
@@ -21,9 +22,10 @@ from orchestrator.liveness import Claim
 from orchestrator.logs import log_context
 from orchestrator.metrics import MetricsHooks, metrics
 from orchestrator.package import ForeachItem, parse_package
+from orchestrator.repository import Repository
 from orchestrator.services import Services
 from orchestrator.states import RunState, TaskState
-from workers.errors import AttemptFenced
+from workers.errors import AttemptFenced, CheckpointWriteFailed, StateUnavailable
 from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
 from workers.lease import LeaseKeeper
 
@@ -50,7 +52,7 @@ class AttemptReporter(ExecutionHooks):
     """Execution hooks that record the attempt's progress in SQL (fenced by its epoch)."""
 
     def __init__(self, services: Services, message: AttemptMessage, node: str) -> None:
-        self.repo = services.repository
+        self.repo = _Guarded(services.repository)
         self.message = message
         self.node = node
 
@@ -86,13 +88,31 @@ class AttemptReporter(ExecutionHooks):
             self.repo.record_event(m.run_id, m.epoch, "checkpoint_saved", self.node, m.attempt, bytes=size)
 
 
+class _Guarded:
+    """The repository, with database errors turned into :class:`StateUnavailable`."""
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._repository, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise StateUnavailable(f"the run-state database failed: {exc}") from exc
+
+        return call
+
+
 def run_attempt(
     services: Services,
     message: AttemptMessage,
     node: str,
     *,
     hooks: ExecutionHooks | None = None,
-    on_lost: Callable[[], None] | None = None,
+    on_lost: Callable[[], Callable[[], None] | None] | None = None,
 ) -> RunResult | None:
     """Run one attempt; return its result, or ``None`` when it did not own the run."""
     liveness, repo = services.liveness, services.repository
@@ -139,6 +159,9 @@ def run_attempt(
     except (AttemptFenced, Fenced) as exc:
         log.warning("attempt %d of run %s stops without reporting: %s", message.attempt, message.run_id, exc)
         outcome = None
+    except (StateUnavailable, SQLAlchemyError):
+        _abandon(keeper, message)
+        raise
     except (InvalidInput, CheckpointError, OrchestratorError) as exc:
         # Nothing ran (bad variables, a checkpoint that does not fit...): the run fails clearly.
         log.error("attempt %d of run %s cannot run: %s", message.attempt, message.run_id, exc)
@@ -147,14 +170,7 @@ def run_attempt(
         )
         outcome = None
     except Exception:
-        # Unexpected (the database went away, say): keep the lease, stop renewing it. It
-        # expires and the scheduler resubmits the run from its checkpoint.
-        keeper.stop()
-        log.exception(
-            "attempt %d of run %s crashed; the run will be resubmitted when its lease expires",
-            message.attempt,
-            message.run_id,
-        )
+        _abandon(keeper, message)
         raise
     keeper.stop()
     if not keeper.lost:
@@ -162,6 +178,17 @@ def run_attempt(
         # leave the run with neither a lease nor a pending claim, and nobody would recover it.
         liveness.release(message.run_id, message.epoch)
     return outcome
+
+
+def _abandon(keeper: LeaseKeeper, message: AttemptMessage) -> None:
+    """Stop renewing but keep the lease: it expires and the scheduler resubmits the run
+    from its checkpoint (the database went away, say)."""
+    keeper.stop()
+    log.exception(
+        "attempt %d of run %s crashed; the run will be resubmitted when its lease expires",
+        message.attempt,
+        message.run_id,
+    )
 
 
 def _execute(
@@ -179,7 +206,10 @@ def _execute(
     )
     variables = decode_variables(run.variables, settings.secret())
     # From here on, a checkpoint write by any older attempt is refused by the store itself.
-    services.store.fence(package.name, message.run_id, message.epoch)
+    try:
+        services.store.fence(package.name, message.run_id, message.epoch)
+    except OSError as exc:  # storage full or read-only: a clear failure, not a crash (a "node loss")
+        raise CheckpointWriteFailed(f"checkpoint write failed: {exc}") from exc
     reporter = AttemptReporter(services, message, node)
     request = RunRequest(package, message.run_id, variables, epoch=message.epoch, attempt=message.attempt)
     options = ExecutionOptions(

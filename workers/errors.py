@@ -42,5 +42,13 @@ class AttemptFenced(RunInterrupted):
     """
 
 
+class StateUnavailable(RunInterrupted):
+    """The run-state database could not record the attempt's progress (it went away, say).
+
+    Not a task failure: the attempt stops and leaves its lease to expire, so the run is
+    resubmitted from its checkpoint once the database is back.
+    """
+
+
 class CheckpointWriteFailed(RunInterrupted):
     """A checkpoint could not be written (disk full, read-only, too large): progress not durable."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, NoReturn
 
 from checkpoints import (
@@ -303,19 +304,22 @@ class _Run:
         self.states[task.id] = TaskState.RUNNING
         started = time.monotonic()
         try:
-            output = self._run_foreach(task) if task.foreach is not None else self._run_unit(task, None)[0]
+            if task.foreach is not None:  # its items are reported one by one; then the whole task
+                output, seconds = self._run_foreach(task), None
+            else:
+                output, _, seconds = self._run_unit(task, None)
         except (RunInterrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
             self._task_failed(task, exc, time.monotonic() - started)
             return
-        if task.foreach is not None:  # its items were reported one by one; now the whole task
-            self.hooks.task_finished(task.id, None, TaskState.SUCCEEDED, time.monotonic() - started, None)
+        seconds = time.monotonic() - started if seconds is None else seconds
         with self.lock:
             self.finished[task.id] = TaskRecord(state="succeeded", output=output)
             self.items.pop(task.id, None)
             self.states[task.id] = TaskState.SUCCEEDED
-            self._save("task")
+            done = partial(self.hooks.task_finished, task.id, None, TaskState.SUCCEEDED, seconds, None)
+            self._save("task", then=done)
 
     def _task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
         error = self.masker(f"task {task.id!r} failed: {_describe(exc)}")
@@ -337,12 +341,15 @@ class _Run:
             key = item_key(item)
             if key in done:
                 continue
-            output, variables = self._run_unit(task, item)
+            output, variables, seconds = self._run_unit(task, item)
             with self.lock:
                 done[key] = output
                 self.variables = variables
                 self.progress.pop(_progress_key(task.id, item), None)
-                self._save("item")
+                self._save(
+                    "item",
+                    then=partial(self.hooks.task_finished, task.id, item, TaskState.SUCCEEDED, seconds, None),
+                )
         return {item_key(item): done[item_key(item)] for item in items}
 
     def _foreach_items(self, task: Task) -> list[ForeachItem]:
@@ -358,8 +365,10 @@ class _Run:
             raise TaskError("foreach expression gave repeated items")
         return items
 
-    def _run_unit(self, task: Task, item: ForeachItem | None) -> tuple[Any, dict[str, Any]]:
-        """Run one task (or one foreach item) with its retries; return its output and variables."""
+    def _run_unit(self, task: Task, item: ForeachItem | None) -> tuple[Any, dict[str, Any], float]:
+        """Run one task (or one foreach item) with its retries; return its output, variables and
+        the seconds of the try that succeeded. Its success is reported by the caller, once the
+        checkpoint records it."""
         for try_number in range(1, task.retries + 2):
             self._check_stop()
             self.hooks.task_started(task.id, item, try_number)
@@ -387,12 +396,12 @@ class _Run:
                 if self.stop.wait(task.retry_delay):
                     self._check_stop()
                 continue
-            self.hooks.task_finished(task.id, item, TaskState.SUCCEEDED, time.monotonic() - started, None)
+            seconds = time.monotonic() - started
             if item is None:
                 with self.lock:
                     self.variables = variables
                     self.progress.pop(task.id, None)
-            return output, variables
+            return output, variables, seconds
         raise AssertionError("unreachable: the last try either returns or raises")
 
     def _invoke(self, task: Task, item: ForeachItem | None, try_number: int) -> tuple[Any, dict[str, Any]]:
@@ -453,9 +462,15 @@ class _Run:
     def _outputs(self) -> dict[str, Any]:
         return {task_id: record.output for task_id, record in self.finished.items()}
 
-    def _save(self, reason: str) -> None:
-        """Write the checkpoint (a no-op when saving is off); stop the run if it cannot."""
+    def _save(self, reason: str, then: Callable[[], None] | None = None) -> None:
+        """Write the checkpoint (a no-op when saving is off); stop the run if it cannot.
+
+        ``then`` reports what the checkpoint records (a task or item done); it runs only
+        once the write is durable, so a completion anyone has seen is never run again.
+        """
         if not self.saving or self.store is None:
+            if then is not None:
+                then()
             return
         with self.lock:
             self._guard()
@@ -469,7 +484,10 @@ class _Run:
             except (CheckpointError, OSError) as exc:
                 self.hooks.checkpoint_failed("error", str(exc))
                 self._interrupt(CheckpointWriteFailed(f"checkpoint write failed: {exc}"))
-            self.hooks.checkpoint_saved(size, time.perf_counter() - started, reason)
+            seconds = time.perf_counter() - started
+            if then is not None:
+                then()
+            self.hooks.checkpoint_saved(size, seconds, reason)
 
     def _checkpoint(self) -> Checkpoint:
         sensitive = {n for n, v in self.package.variables.items() if v.sensitive}

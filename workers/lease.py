@@ -29,7 +29,9 @@ class LeaseKeeper(threading.Thread):
     lease is known lost (renewal refused: a newer epoch exists) or can no
     longer be proven (no successful renewal for a whole TTL, e.g. Redis away).
     On loss it sets ``stop`` so the executor stops at once, and calls
-    ``on_lost`` (a worker process uses it to exit if the task does not stop).
+    ``on_lost`` (a worker process uses it to exit if the task does not stop);
+    what ``on_lost`` returns, if anything, is called when the keeper is stopped
+    (the attempt ended), to disarm it.
     A requested cancellation sets ``stop`` too, with ``cancelled`` true.
     """
 
@@ -44,7 +46,7 @@ class LeaseKeeper(threading.Thread):
         interval: float,
         ttl: float,
         stop: threading.Event,
-        on_lost: Callable[[], None] | None = None,
+        on_lost: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         super().__init__(name=f"lease-{run_id}", daemon=True)
         self.liveness = liveness
@@ -52,6 +54,7 @@ class LeaseKeeper(threading.Thread):
         self.interval, self.ttl = interval, ttl
         self.stop_run = stop
         self.on_lost = on_lost
+        self._disarm: Callable[[], None] | None = None
         self.last_renewed = time.monotonic()
         self.lost = False
         self.cancelled = False
@@ -85,8 +88,8 @@ class LeaseKeeper(threading.Thread):
         log.warning("attempt %d of run %s lost its lease: %s", self.attempt, self.run_id, why)
         self.lost = True
         self.stop_run.set()
-        if self.on_lost is not None:
-            self.on_lost()
+        if self.on_lost is not None and not self._done.is_set():
+            self._disarm = self.on_lost()
 
     def check(self) -> None:
         """Raise :class:`AttemptFenced` unless the lease is still held."""
@@ -105,21 +108,26 @@ class LeaseKeeper(threading.Thread):
         self._done.set()
         if self.is_alive() and self is not threading.current_thread():
             self.join(self.interval + 5)
+        if self._disarm is not None:
+            # The attempt ended: whatever this process runs next must not be ended for it.
+            self._disarm()
 
 
-def exit_after(grace: float) -> Callable[[], None]:
+def exit_after(grace: float) -> Callable[[], Callable[[], None]]:
     """An ``on_lost`` callback that ends the process if the attempt is still running after ``grace``.
 
     A Python task that never saves progress cannot be interrupted from another
     thread; ending the worker process is the only way to stop it "at once".
     The pool replaces the process; the attempt's message was acknowledged
-    already, so nothing is redelivered.
+    already, so nothing is redelivered. The returned disarm (``timer.cancel``)
+    is called by :meth:`LeaseKeeper.stop` when the attempt did end in time.
     """
 
-    def arm() -> None:
+    def arm() -> Callable[[], None]:
         timer = threading.Timer(grace, _exit_now)
         timer.daemon = True
         timer.start()
+        return timer.cancel
 
     return arm
 

@@ -64,7 +64,11 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
     if backend == "sqlite":
         engine = _sqlite_engine(parsed, **options)
     elif backend == "postgresql":
-        engine = create_engine(parsed, pool_pre_ping=True, **options)
+        # A process paused inside a transaction (SIGSTOP, a cut network) must not hold its row
+        # locks for hours: the server ends such a session after a few seconds.
+        connect_args = {"options": "-c idle_in_transaction_session_timeout=15000"}
+        connect_args.update(options.pop("connect_args", {}))
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **options)
     else:
         engine = create_engine(parsed, **options)
     log.debug("database engine for %s", parsed.render_as_string(hide_password=True))

@@ -370,3 +370,29 @@ def test_a_cancel_before_the_claim_ends_the_run_without_running_it(harness: Harn
     for _ in range(3):
         harness.scheduler.tick()
     assert len(harness.messages(run_id)) == 1
+
+
+def test_a_database_failure_during_a_task_is_not_a_task_failure(harness: Harness) -> None:
+    """The state database failing while a task starts must not fail the task (nor the run):
+    the attempt stops and keeps its lease, which expires, and the run is resubmitted."""
+    from sqlalchemy.exc import OperationalError
+
+    run_id = harness.submit(package(task("a"), task("b", "a"), task("c", "b")))
+    n1 = harness.node("n1")
+    real = n1.services.repository.task_started
+
+    def broken(run: str, epoch: int, attempt: int, task_id: str, try_number: int) -> None:
+        if task_id == "b":
+            raise OperationalError("UPDATE task_runs", {}, Exception("server closed the connection"))
+        real(run, epoch, attempt, task_id, try_number)
+
+    n1.services.repository.task_started = broken  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="run-state database failed"):
+        n1.run(harness.last(run_id))
+    run = harness.repo.run_row(run_id)
+    assert run.state is RunState.RUNNING and run.error is None, "nothing was reported as failed"
+    assert harness.liveness.lease_owner(run_id) != {}, "the lease is left to expire"
+    assert T.count(harness.log(), "start", "b") == 0
+    harness.tick_until(lambda: len(harness.messages(run_id)) == 2, "the run to be resubmitted")
+    result = harness.node("n2").run(harness.last(run_id))
+    assert result is not None and result.state is RunState.SUCCEEDED and result.skipped == ["a"]
