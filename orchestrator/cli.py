@@ -16,6 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
+import kombu.exceptions
+import redis
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -73,6 +75,9 @@ def exit_codes() -> Iterator[None]:
         fail(f"checkpoint unusable: {exc}")
     except (OrchestratorError, CheckpointError) as exc:
         fail(str(exc))
+    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+        # Wrong password, TLS refused, server down: say so, not a traceback (never the URL).
+        fail(f"cannot use the broker (ORCHESTRATOR_BROKER_URL): {exc}")
 
 
 @app.callback()

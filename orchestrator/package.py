@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -87,7 +88,9 @@ class Variable(_Strict):
 
     @property
     def required(self) -> bool:
-        return "default" not in self.model_fields_set
+        # Not "default" absent from the fields set: a dumped definition (the submission, the
+        # SQL copy workers load) says ``default: null``, and no type accepts None anyway.
+        return self.default is None
 
     @model_validator(mode="after")
     def _default_has_type(self) -> Self:
@@ -176,11 +179,20 @@ class Package(_Strict):
                 return task
         raise KeyError(task_id)
 
-    @property
+    @cached_property
     def definition_hash(self) -> str:
-        """sha256 of the canonical definition; descriptions do not count."""
+        """sha256 of the canonical definition; descriptions do not count.
+
+        Computed once (the executor reads it for every checkpoint): the package is frozen,
+        and :meth:`model_copy` drops the remembered value.
+        """
         body = json.dumps(self.model_dump(mode="json", exclude=_DESCRIPTIONS), sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("definition_hash", None)  # a changed copy hashes its own definition
+        return copied
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True)

@@ -17,7 +17,7 @@ from orchestrator.package import Package
 from orchestrator.scheduler import sign
 from orchestrator.services import Services
 from orchestrator.states import RunState, TaskState
-from orchestrator.variables import resolve
+from orchestrator.variables import missing_required, resolve
 from workers.app import CONTROL_QUEUE, RESUME_TASK, SUBMIT_TASK
 
 POLL_INTERVAL = 0.2
@@ -45,6 +45,7 @@ class Client:
         """Validate the variables here (bad input never reaches the queue) and send the run."""
         run_id = validate_run_id(run_id or new_run_id(package.name))
         values = resolve(package, variables or {})
+        missing_required(package, values)  # a new run has no checkpoint to restore them from
         sensitive = {n for n, v in package.variables.items() if v.sensitive}
         secret_key = self.settings.secret()
         encrypted: dict[str, str] = {}
