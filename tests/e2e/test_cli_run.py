@@ -210,7 +210,11 @@ def test_changed_package_refuses_the_checkpoint_with_exit_2(tmp_path: Path) -> N
 def test_submit_refuses_a_missing_required_variable_before_queueing(tmp_path: Path) -> None:
     package = write_package(
         tmp_path / "needs.yaml",
-        {"name": "needs", "variables": {"password": {"sensitive": True}}, "tasks": [{"id": "a", "shell": "true"}]},
+        {
+            "name": "needs",
+            "variables": {"password": {"sensitive": True}},
+            "tasks": [{"id": "a", "shell": "true"}],
+        },
     )
     env = {"ORCHESTRATOR_BROKER_URL": "redis://127.0.0.1:1/0"}  # never reached: refused before sending
     result = run_cli("submit", str(package), cwd=tmp_path, env=env)
