@@ -10,6 +10,7 @@ attempt owns the run.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from orchestrator.package import Package
 from orchestrator.states import RunState, TaskState
 from workers.errors import AttemptFenced
 
+DEFINITIONS_CACHED = 256
 ACTIVE = (RunState.QUEUED, RunState.RUNNING, RunState.RECOVERING)
 _ATTEMPT_OUTCOME = {
     RunState.SUCCEEDED: AttemptState.SUCCEEDED,
@@ -69,6 +71,9 @@ class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sessions: sessionmaker[Session] = session_factory(engine)
+        # A definition never changes under its hash: registered and loaded ones are remembered,
+        # which saves a transaction per submission and per attempt (each holds SQLite's lock).
+        self._definitions: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -109,24 +114,30 @@ class Repository:
 
     def register_package(self, package: Package) -> None:
         """Record the definition under its hash (idempotent)."""
+        key = (package.name, package.definition_hash)
+        if key in self._definitions:
+            return
+        definition = package.model_dump(mode="json")
         with self.sessions.begin() as session:
-            key = (package.name, package.definition_hash)
             if session.get(PackageRow, key) is None:
-                session.add(
-                    PackageRow(
-                        name=package.name,
-                        definition_hash=package.definition_hash,
-                        definition=package.model_dump(mode="json"),
-                    )
-                )
+                session.add(PackageRow(name=key[0], definition_hash=key[1], definition=definition))
         # A concurrent registration of the same definition is fine: the row is identical.
+        self._remember(key, definition)
 
     def definition(self, name: str, definition_hash: str) -> dict[str, Any]:
-        with self.sessions() as session:
-            row = session.get(PackageRow, (name, definition_hash))
-            if row is None:
-                raise RunNotFound(f"package {name!r} definition {definition_hash[:12]} is not registered")
-            return dict(row.definition)
+        key = (name, definition_hash)
+        if key not in self._definitions:
+            with self.sessions() as session:
+                row = session.get(PackageRow, key)
+                if row is None:
+                    raise RunNotFound(f"package {name!r} definition {definition_hash[:12]} is not registered")
+                self._remember(key, row.definition)
+        return copy.deepcopy(self._definitions[key])
+
+    def _remember(self, key: tuple[str, str], definition: dict[str, Any]) -> None:
+        if len(self._definitions) >= DEFINITIONS_CACHED:
+            self._definitions.clear()
+        self._definitions[key] = copy.deepcopy(definition)
 
     def create_run(
         self,
@@ -142,11 +153,12 @@ class Repository:
         A retried submission (same run id, or same idempotency key) creates
         nothing and returns the existing run's id.
         """
-        existing = self._existing(run_id, idempotency_key)
-        if existing is not None:
-            return existing, False
         try:
             with self.sessions.begin() as session:
+                # Checked in the inserting transaction: one transaction (one SQLite lock) per submission.
+                existing = self._existing_in(session, run_id, idempotency_key)
+                if existing is not None:
+                    return existing, False
                 session.add(
                     Run(
                         id=run_id,
@@ -169,12 +181,16 @@ class Repository:
 
     def _existing(self, run_id: str, idempotency_key: str | None) -> str | None:
         with self.sessions() as session:
-            if session.get(Run, run_id) is not None:
-                return run_id
-            if idempotency_key is None:
-                return None
-            found = session.execute(select(Run.id).where(Run.idempotency_key == idempotency_key))
-            return found.scalar_one_or_none()
+            return self._existing_in(session, run_id, idempotency_key)
+
+    @staticmethod
+    def _existing_in(session: Session, run_id: str, idempotency_key: str | None) -> str | None:
+        if session.get(Run, run_id) is not None:
+            return run_id
+        if idempotency_key is None:
+            return None
+        found = session.execute(select(Run.id).where(Run.idempotency_key == idempotency_key))
+        return found.scalar_one_or_none()
 
     def record_refusal(self, run_id: str, package: str, reason: str) -> None:
         """A submission refused at the trust boundary: a failed run with the reason, and an event."""

@@ -91,10 +91,10 @@ class Scheduler:
             max_restarts=max_restarts,
             idempotency_key=message.idempotency_key,
         )
-        run = repo.run_row(run_id)
         if created:
             metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
-        if created or (run.attempt == 0 and run.state is RunState.QUEUED):
+        # A new run needs no read back (one SQL transaction less per submission).
+        if created or ((run := repo.run_row(run_id)).attempt == 0 and run.state is RunState.QUEUED):
             self.dispatch(run_id)
         else:
             log.info("submission of run %s was already recorded; nothing to do", run_id)

@@ -1,0 +1,139 @@
+"""Overhead: a package of 100 tasks of 10 ms each, orchestrated, against the same callables in a loop.
+
+* ``plain loop``: ``bench.tasks.sleep`` called 100 times in this process;
+* ``executor in-process``: the package run by :func:`workers.executor.execute`
+  (what ``orchestrator run`` does) with a filesystem checkpoint store: one fsynced
+  checkpoint per task, no broker, no SQL;
+* ``cluster``: the package submitted to a scheduler and a worker node (real
+  processes, SQLite state, filesystem checkpoints), timed from the submit to
+  the run's ``finished_at``: dispatch, claim, lease, a checkpoint and the SQL
+  task records after every task.
+
+The three alternate round by round; the ratio is median against median.
+Run: ``python -m bench.overhead [--quick]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common as C
+from bench import tasks
+
+TARGET = 1.3
+TASK_SECONDS = 0.01
+
+
+def package(name: str, count: int) -> Any:
+    from orchestrator.package import parse_package
+
+    chain = [
+        {
+            "id": f"t{n:03d}",
+            "python": "bench.tasks:sleep",
+            "params": {"seconds": TASK_SECONDS},
+            "depends_on": [f"t{n - 1:03d}"] if n > 1 else [],
+        }
+        for n in range(1, count + 1)
+    ]
+    return parse_package({"name": name, "tasks": chain})
+
+
+def plain(count: int) -> float:
+    ctx = SimpleNamespace(params={"seconds": TASK_SECONDS})
+    started = time.perf_counter()
+    for _ in range(count):
+        tasks.sleep(ctx)  # type: ignore[arg-type]
+    return time.perf_counter() - started
+
+
+def in_process(root: Path, count: int, index: int) -> float:
+    from checkpoints import FilesystemCheckpointStore
+    from workers.executor import ExecutionOptions, RunRequest, execute
+
+    pkg = package("overhead_local", count)
+    store = FilesystemCheckpointStore(root)
+    started = time.perf_counter()
+    result = execute(RunRequest(pkg, f"overhead_local-{index:06d}"), ExecutionOptions(store=store))
+    seconds = time.perf_counter() - started
+    if not result.succeeded:
+        raise RuntimeError(f"in-process run failed: {result.error}")
+    return seconds
+
+
+def cluster(services: Any, count: int, index: int) -> float:
+    from orchestrator.submission import Client
+
+    client = Client(services)
+    pkg = package(f"overhead_cluster_{index}", count)
+    started = time.time()
+    run_id = client.submit(pkg)
+    status = client.wait(run_id, timeout=120 + count)
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"run {run_id} {status['state']}: {status['error']}")
+    finished = services.repository.run_row(run_id).finished_at
+    return float(finished.timestamp() - started)
+
+
+def main() -> int:
+    args = C.parser(__doc__.splitlines()[0]).parse_args()
+    count = 20 if args.quick else 100
+    rounds = 1 if args.quick else 5
+    samples: dict[str, list[float]] = {"plain loop": [], "executor in-process": [], "cluster": []}
+    with C.environment(args) as env:
+        url = env.db(0)
+        services = C.services(env, url)
+        orch_env = env.orchestrator_env(url)
+        env.processes.spawn("scheduler", C.orchestrator_command("scheduler"), orch_env)
+        env.processes.spawn(
+            "node-1", C.orchestrator_command("worker", "--node", "node-1", "--concurrency", "1"), orch_env
+        )
+        C.wait_until(lambda: "node-1" in services.liveness.alive_nodes(), timeout=60, what="node-1")
+        cluster(services, 2, 0)  # warm-up: imports, migrations, the pool process
+        in_process(env.tmp / "local", 2, 0)
+        runners = {
+            "plain loop": lambda i: plain(count),
+            "executor in-process": lambda i: in_process(env.tmp / "local", count, i),
+            "cluster": lambda i: cluster(services, count, i),
+        }
+        order = list(runners)
+        for index in range(1, rounds + 1):
+            for name in order[index % 3 :] + order[: index % 3]:
+                samples[name].append(runners[name](index))
+        services.close()
+    base = C.percentile(samples["plain loop"], 50)
+    rows = []
+    result: dict[str, Any] = {
+        "tasks": count,
+        "task_seconds": TASK_SECONDS,
+        "rounds": rounds,
+        "target": TARGET,
+    }
+    for name, values in samples.items():
+        p50 = C.percentile(values, 50)
+        value = C.ratio(p50, base)
+        per_task = (p50 - base) / count * 1000
+        verdict = "-" if name == "plain loop" else f"{'met' if value <= TARGET else 'NOT met'} (<= {TARGET})"
+        rows.append([name, p50, min(values), max(values), per_task, value, verdict])
+        result[name] = {"seconds": values, "p50": p50, "ratio": value, "overhead_ms_per_task": per_task}
+    result["met"] = result["cluster"]["ratio"] <= TARGET
+    print(
+        C.table(
+            f"{count} tasks of {TASK_SECONDS * 1000:g} ms: wall seconds (median of {rounds} rounds)",
+            ["how", "p50 s", "min s", "max s", "overhead ms/task", "ratio", "target"],
+            rows,
+        )
+    )
+    C.write_result(args, "overhead", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Throughput: one-task packages through the whole orchestrator against raw Celery no-op tasks.
+
+Both on the same Redis server in the same run, rounds interleaved (A B, B A...):
+
+* ``celery``: a plain Celery app defined here (JSON serializer, otherwise Celery's
+  defaults), one prefork worker process group with concurrency 2; N no-op tasks
+  sent at once, timed from the first send until the N-th task has run (each
+  task increments a Redis counter, which the bench polls);
+* ``orchestrator``: a scheduler and one worker node (concurrency 2) as real
+  processes, SQLite state, filesystem checkpoints; N packages of one no-op task
+  submitted with the Python client, timed from the first submit until the last
+  run's ``finished_at`` (submit -> scheduler -> worker -> checkpoint -> SQL).
+
+Run: ``python -m bench.throughput [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis
+from celery import Celery
+
+from bench import common as C
+
+TARGET = 0.5
+BASELINE_QUEUE = "bench.noop"
+BROKER_ENV = "BENCH_BROKER_URL"
+
+
+def make_app(broker_url: str) -> Celery:
+    """Plain Celery: JSON only, no result backend, every other setting Celery's default."""
+    app = Celery("bench_throughput", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=BASELINE_QUEUE,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+baseline = make_app(os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/15"))
+_client: dict[int, redis.Redis] = {}
+
+
+@baseline.task(name="bench.noop", ignore_result=True)  # type: ignore[untyped-decorator]
+def noop(counter: str) -> None:
+    """Count the execution (one INCR), nothing else."""
+    pid = os.getpid()
+    if pid not in _client:
+        _client[pid] = redis.Redis.from_url(os.environ[BROKER_ENV])
+    _client[pid].incr(counter)
+
+
+def start_baseline_worker(env: C.Environment, url: str) -> None:
+    worker_env = {**os.environ, BROKER_ENV: url, "PYTHONPATH": str(C.ROOT)}
+    command = [
+        sys.executable, "-m", "celery", "-A", "bench.throughput:baseline", "worker",
+        f"--queues={BASELINE_QUEUE}", "--concurrency=2", "--pool=prefork", "--loglevel=WARNING",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname=baseline@%h",
+    ]  # fmt: skip
+    env.processes.spawn("celery-worker", command, worker_env)
+
+
+def celery_round(url: str, count: int) -> float:
+    """Tasks per second for ``count`` no-op tasks, first send to last execution."""
+    counter = f"bench:count:{secrets.token_hex(4)}"
+    client = redis.Redis.from_url(url)
+    started = time.perf_counter()
+    with baseline.connection_for_write() as connection, baseline.producer_or_acquire() as producer:
+        del connection
+        for _ in range(count):
+            noop.apply_async((counter,), producer=producer)
+    C.wait_until(
+        lambda: int(client.get(counter) or 0) >= count,
+        timeout=60 + count / 50,
+        what=f"{count} Celery tasks",
+        interval=0.005,
+    )
+    seconds = time.perf_counter() - started
+    client.close()
+    return count / seconds
+
+
+def one_task_package(name: str) -> Any:
+    from orchestrator.package import parse_package
+
+    return parse_package({"name": name, "tasks": [{"id": "only", "python": "bench.tasks:noop"}]})
+
+
+def orchestrator_round(services: Any, count: int) -> dict[str, float]:
+    """Packages per second for ``count`` one-task packages, first submit to last finished run."""
+    from sqlalchemy import select
+
+    from orchestrator.db import Run
+    from orchestrator.submission import Client
+
+    name = f"tp_{secrets.token_hex(4)}"
+    package = one_task_package(name)
+    client = Client(services)
+    started_wall = time.time()
+    started = time.perf_counter()
+    for _ in range(count):
+        client.submit(package)
+    submitted = time.perf_counter() - started
+    repo = services.repository
+
+    def finished() -> list[Any] | None:
+        with repo.sessions() as session:
+            rows = session.execute(select(Run.state, Run.finished_at).where(Run.package == name)).all()
+        done = [r for r in rows if r[1] is not None]
+        return done if len(done) >= count else None
+
+    done = C.wait_until(finished, timeout=60 + count, what=f"{count} packages", interval=0.5)
+    failed = sum(1 for state, _ in done if state.value != "succeeded")
+    last = max(at.timestamp() for _, at in done)
+    return {
+        "rate": count / (last - started_wall),
+        "failed": failed,
+        "submit_rate": count / submitted,
+    }
+
+
+def redis_commands(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def main() -> int:
+    args = C.parser(__doc__.splitlines()[0]).parse_args()
+    rounds = 1 if args.quick else 6
+    celery_n = 300 if args.quick else 2000
+    orch_n = 20 if args.quick else 150
+    with C.environment(args) as env:
+        orch_url, celery_url = env.db(0), env.db(1)
+        services = C.services(env, orch_url)
+        orch_env = env.orchestrator_env(orch_url)
+        env.processes.spawn("scheduler", C.orchestrator_command("scheduler"), orch_env)
+        env.processes.spawn(
+            "node-1", C.orchestrator_command("worker", "--node", "node-1", "--concurrency", "2"), orch_env
+        )
+        start_baseline_worker(env, celery_url)
+        C.wait_until(lambda: "node-1" in services.liveness.alive_nodes(), timeout=60, what="node-1")
+        baseline.conf.broker_url = celery_url
+        celery_round(celery_url, 20)  # warm-up: the worker is up and its pool forked
+        orchestrator_round(services, 5)  # warm-up: scheduler consuming, migrations done, imports
+        celery_rates: list[float] = []
+        orch: list[dict[str, float]] = []
+        commands: dict[str, list[float]] = {"celery": [], "orchestrator": []}
+        for index in range(rounds):
+            for which in ("celery", "orchestrator") if index % 2 == 0 else ("orchestrator", "celery"):
+                # Server-wide count: it includes the idle side's few polls (a small overcount).
+                before = redis_commands(orch_url)
+                if which == "celery":
+                    celery_rates.append(celery_round(celery_url, celery_n))
+                else:
+                    orch.append(orchestrator_round(services, orch_n))
+                count = celery_n if which == "celery" else orch_n
+                commands[which].append((redis_commands(orch_url) - before) / count)
+                rate = celery_rates[-1] if which == "celery" else orch[-1]["rate"]
+                print(f"round {index + 1} {which}: {rate:.1f}/s", flush=True)
+        services.close()
+    celery_p50 = C.percentile(celery_rates, 50)
+    orch_p50 = C.percentile([o["rate"] for o in orch], 50)
+    value = C.ratio(orch_p50, celery_p50)
+    rows = [
+        [
+            "raw Celery no-op tasks",
+            celery_n,
+            rounds,
+            celery_p50,
+            min(celery_rates),
+            max(celery_rates),
+            C.percentile(commands["celery"], 50),
+            1.0,
+            "-",
+        ],
+        [
+            "orchestrator one-task packages",
+            orch_n,
+            rounds,
+            orch_p50,
+            min(o["rate"] for o in orch),
+            max(o["rate"] for o in orch),
+            C.percentile(commands["orchestrator"], 50),
+            value,
+            f"{'met' if value >= TARGET else 'NOT met'} (>= {TARGET})",
+        ],
+    ]
+    print(
+        C.table(
+            "throughput per second, same Redis server, same run (median of rounds)",
+            [
+                "what",
+                "per round",
+                "rounds",
+                "p50 /s",
+                "min /s",
+                "max /s",
+                "Redis cmds each",
+                "ratio",
+                "target",
+            ],
+            rows,
+        )
+    )
+    C.write_result(
+        args,
+        "throughput",
+        {
+            "celery_tasks_per_s": celery_rates,
+            "orchestrator": orch,
+            "celery_p50": celery_p50,
+            "orchestrator_p50": orch_p50,
+            "ratio": value,
+            "redis_commands_per_item": commands,
+            "failed_runs": sum(o["failed"] for o in orch),
+            "target_ratio": TARGET,
+            "met": value >= TARGET,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The benchmark scripts in their CI smoke mode (``--quick``), so that they cannot rot.
+
+Each runs as a subprocess for a few seconds: it must exit 0, print its table
+with a ratio, and write its JSON result. The figures themselves are not
+judged here (these machines are noisy); ``docs/benchmarks.md`` quotes full runs.
+The scripts use ``ORCHESTRATOR_TEST_REDIS_URL`` when it is set (and flush a few
+of its databases), else an embedded Redis of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import ROOT, cli_env
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPTS = ["checkpoint", "overhead", "throughput", "scale", "recovery"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_bench_script_quick_mode(name: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    output = f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, output
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table, f"no table printed\n{output}"
+    assert "ratio" in table[0].lower(), f"the table has no ratio column\n{output}"
+    written = json.loads((tmp_path / f"{name}-quick.json").read_text())
+    assert written["bench"] == name
+    assert written["quick"] is True
+    assert written["machine"]["cores"]
+
+
+def test_run_all_runs_every_script() -> None:
+    text = (ROOT / "bench" / "run_all.sh").read_text()
+    for name in SCRIPTS:
+        assert f"{name}" in text.split("for bench in", 1)[1].splitlines()[0], name
