@@ -55,6 +55,15 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """A task (``item`` None) or one foreach item finished, waiting to be recorded."""
+
+    task_id: str
+    item: Any
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ActiveRun:
     """What the scheduler needs to rebuild a run's liveness after Redis lost its data."""
 
@@ -389,17 +398,67 @@ class Repository:
         error: str | None,
     ) -> None:
         with self.fenced(run_id, epoch) as (session, _):
-            row = session.get(TaskRun, (run_id, task_id))
-            if row is None:
-                row = TaskRun(run_id=run_id, task_id=task_id, attempt=attempt)
-                session.add(row)
-            row.state, row.error, row.finished_at = state, error, utcnow()
-            row.duration_seconds = seconds
-            kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
-            detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
-            if error:
-                detail["error"] = error
-            self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
+            self._task_finished(session, run_id, attempt, node, task_id, state, seconds, error)
+
+    def _task_finished(
+        self,
+        session: Session,
+        run_id: str,
+        attempt: int,
+        node: str,
+        task_id: str,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        row = session.get(TaskRun, (run_id, task_id))
+        if row is None:
+            row = TaskRun(run_id=run_id, task_id=task_id, attempt=attempt)
+            session.add(row)
+        row.state, row.error, row.finished_at = state, error, utcnow()
+        row.duration_seconds = seconds
+        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
+        detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
+        if error:
+            detail["error"] = error
+        self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
+
+    def record_completion(
+        self,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        node: str,
+        completion: Completion,
+        checkpoint_bytes: int | None,
+    ) -> None:
+        """A task or foreach item done and the checkpoint that records it: one transaction."""
+        with self.fenced(run_id, epoch) as (session, _):
+            if completion.item is None:
+                self._task_finished(
+                    session,
+                    run_id,
+                    attempt,
+                    node,
+                    completion.task_id,
+                    TaskState.SUCCEEDED,
+                    completion.seconds,
+                    None,
+                )
+            else:
+                self._event(
+                    session,
+                    run_id,
+                    "item_done",
+                    node=node,
+                    attempt=attempt,
+                    task=completion.task_id,
+                    item=completion.item,
+                )
+            if checkpoint_bytes is not None:
+                self._event(
+                    session, run_id, "checkpoint_saved", node=node, attempt=attempt, bytes=checkpoint_bytes
+                )
 
     def record_event(
         self, run_id: str, epoch: int, kind: str, node: str, attempt: int, **detail: Any

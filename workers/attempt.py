@@ -22,7 +22,7 @@ from orchestrator.liveness import Claim
 from orchestrator.logs import log_context
 from orchestrator.metrics import MetricsHooks, metrics
 from orchestrator.package import ForeachItem, parse_package
-from orchestrator.repository import Repository
+from orchestrator.repository import Completion, Repository
 from orchestrator.services import Services
 from orchestrator.states import RunState, TaskState
 from workers.errors import AttemptFenced, CheckpointWriteFailed, StateUnavailable
@@ -55,6 +55,14 @@ class AttemptReporter(ExecutionHooks):
         self.repo = _Guarded(services.repository)
         self.message = message
         self.node = node
+        # A success is recorded with the checkpoint write that follows it, in one transaction.
+        self.pending: Completion | None = None
+
+    def _flush(self, checkpoint_bytes: int | None = None) -> None:
+        if self.pending is not None:
+            m, done = self.message, self.pending
+            self.pending = None
+            self.repo.record_completion(m.run_id, m.epoch, m.attempt, self.node, done, checkpoint_bytes)
 
     def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
         if resumed:
@@ -62,9 +70,13 @@ class AttemptReporter(ExecutionHooks):
             self.repo.record_resumed(run_id, m.epoch, m.attempt, self.node, skipped)
 
     def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
+        self._flush()  # only left over when checkpoints are not saved
         if item is None:
             m = self.message
             self.repo.task_started(m.run_id, m.epoch, m.attempt, task_id, try_number)
+
+    def run_finished(self, result: RunResult) -> None:
+        self._flush()
 
     def task_finished(
         self,
@@ -75,15 +87,16 @@ class AttemptReporter(ExecutionHooks):
         error: str | None,
     ) -> None:
         m = self.message
-        if item is None:
+        self._flush()
+        if state is TaskState.SUCCEEDED:
+            self.pending = Completion(task_id, item, seconds)
+        elif item is None:
             self.repo.task_finished(m.run_id, m.epoch, m.attempt, self.node, task_id, state, seconds, error)
-        elif state is TaskState.SUCCEEDED:
-            self.repo.record_event(
-                m.run_id, m.epoch, "item_done", self.node, m.attempt, task=task_id, item=item
-            )
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
-        if reason in ("task", "item"):
+        if self.pending is not None:
+            self._flush(size)
+        elif reason in ("task", "item"):
             m = self.message
             self.repo.record_event(m.run_id, m.epoch, "checkpoint_saved", self.node, m.attempt, bytes=size)
 
