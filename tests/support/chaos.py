@@ -22,8 +22,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import ProcessCluster
 from workers.context import TaskContext
 
-ROOT = Path(__file__).resolve().parents[2]
 TASK = "tests.support.chaos:work"
 ITEMS = ("a", "b", "c")
 LOAD_UNITS = 4
@@ -160,75 +158,7 @@ def expected_keys(run_id: str) -> list[str]:
 # -- the cluster ------------------------------------------------------------------------------------
 
 
-@dataclass
-class ChaosCluster:
-    """Schedulers and worker nodes as real processes, each the leader of its own process group."""
-
-    workdir: Path
-    broker_url: str
-    database_url: str
-    overrides: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    concurrency: int = 2
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            ORCHESTRATOR_BROKER_URL=self.broker_url,
-            ORCHESTRATOR_DATABASE_URL=self.database_url,
-            ORCHESTRATOR_CHECKPOINT_ROOT=str(self.workdir / "checkpoints"),
-            ORCHESTRATOR_STATE_DIR=str(self.workdir / "state"),
-            ORCHESTRATOR_METRICS_PORT="0",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        )
-        env.update(self.overrides)
-        return env
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with (logs / f"{name}.log").open("ab") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", *args],
-                cwd=self.workdir,
-                env=self.env(),
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes[name] = process
-        return process
-
-    def start_scheduler(self, name: str) -> None:
-        self.spawn(name, ["scheduler"])
-
-    def start_node(self, name: str) -> subprocess.Popen[bytes]:
-        return self.spawn(name, ["worker", "--node", name, "--concurrency", str(self.concurrency)])
-
-    def signal(self, name: str, signum: int) -> None:
-        os.killpg(self.processes[name].pid, signum)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the node's whole process group (its Celery pool with it) and reap the leader."""
-        self.signal(name, signal.SIGKILL)
-        self.processes[name].wait(timeout=30)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGCONT)
-                os.killpg(process.pid, signal.SIGKILL)
-        for process in self.processes.values():
-            process.wait(timeout=30)
-
-    def tail(self, lines: int = 30) -> str:
-        parts = []
-        for name in self.processes:
-            path = self.workdir / "logs" / f"{name}.log"
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {name} ---\n" + "\n".join(text))
-        return "\n".join(parts)
+ChaosCluster = ProcessCluster  # logs in <workdir>/logs, one process group per node
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = POLL) -> Any:
