@@ -37,6 +37,24 @@ T = TypeVar("T")
 # -- options ---------------------------------------------------------------------------
 
 
+def plain_celery(name: str, broker_url: str, queue: str, **settings: Any) -> Any:
+    """A plain Celery app for a baseline: JSON only, no results, Celery's defaults but ``settings``."""
+    from celery import Celery
+
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=queue,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        **settings,
+    )
+    return app
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every script takes."""
     p = argparse.ArgumentParser(description=description)

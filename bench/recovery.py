@@ -54,18 +54,13 @@ HOLD_LIMIT = 400.0
 
 def make_app(broker_url: str, visibility_timeout: float | None) -> Celery:
     """Plain Celery with the settings its documentation gives for surviving a lost worker."""
-    app = Celery("bench_recovery", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
+    app: Celery = C.plain_celery(
+        "bench_recovery",
+        broker_url,
+        QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=QUEUE,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
     )
     if visibility_timeout is not None:
         app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout}

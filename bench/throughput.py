@@ -38,16 +38,7 @@ BROKER_ENV = "BENCH_BROKER_URL"
 
 def make_app(broker_url: str) -> Celery:
     """Plain Celery: JSON only, no result backend, every other setting Celery's default."""
-    app = Celery("bench_throughput", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        task_default_queue=BASELINE_QUEUE,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-    )
+    app: Celery = C.plain_celery("bench_throughput", broker_url, BASELINE_QUEUE)
     return app
 
 

@@ -149,9 +149,3 @@ class LocalCluster:
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
-
-
-def read_nodes_file(state_dir: Path) -> list[dict[str, Any]]:
-    """The members of the running local cluster (for ``demo`` and tests)."""
-    data = json.loads((state_dir / NODES_FILE).read_text())
-    return list(data)

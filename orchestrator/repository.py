@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -576,7 +576,3 @@ class Repository:
         for node, run_id in rows:
             found.setdefault(node or "", []).append(run_id)
         return found
-
-    def purge_events(self, run_id: str) -> None:
-        with self.sessions.begin() as session:
-            session.execute(delete(Event).where(Event.run_id == run_id))

@@ -46,6 +46,17 @@ def logs(cluster: Cluster) -> str:
     return "\n".join((cluster.tmp / f"{name}.log").read_text(errors="replace") for name in cluster.processes)
 
 
+def run_two_steps(cluster: Cluster) -> Path:
+    """Start a scheduler and a node, and run the two-step package to success through them."""
+    cluster.start_scheduler()
+    cluster.start_node("node-1")
+    cluster.wait_nodes("node-1")
+    package = write_package(cluster.tmp / "two.yaml", TWO_STEPS)
+    done = submit_and_wait(cluster, package)
+    assert (done["returncode"], done["state"]) == (0, "succeeded"), done
+    return package
+
+
 def submit_and_wait(cluster: Cluster, package: Path, **env: str) -> dict[str, Any]:
     done = run_cli(
         "submit",
@@ -71,12 +82,7 @@ def test_password_protected_redis(tmp_path: Path, database_url: str) -> None:
             redis.Redis(port=server.port).ping()  # the server does require the password
         cluster = Cluster(tmp_path, server.url(), database_url)
         try:
-            cluster.start_scheduler()
-            cluster.start_node("node-1")
-            cluster.wait_nodes("node-1")
-            package = write_package(tmp_path / "two.yaml", TWO_STEPS)
-            done = submit_and_wait(cluster, package)
-            assert (done["returncode"], done["state"]) == (0, "succeeded"), done
+            package = run_two_steps(cluster)
 
             wrong = server.url().replace(server.password, "not-the-password")
             refused = run_cli(
@@ -103,12 +109,7 @@ def test_tls_redis(tmp_path: Path, database_url: str) -> None:
             redis.Redis(port=server.port, password=server.password, socket_timeout=5).ping()  # no TLS
         cluster = Cluster(tmp_path, server.url(), database_url)
         try:
-            cluster.start_scheduler()
-            cluster.start_node("node-1")
-            cluster.wait_nodes("node-1")
-            package = write_package(tmp_path / "two.yaml", TWO_STEPS)
-            done = submit_and_wait(cluster, package)
-            assert (done["returncode"], done["state"]) == (0, "succeeded"), done
+            package = run_two_steps(cluster)
 
             # No CA given: the server's certificate is still verified (against the system's
             # CAs, which do not know the test CA), on the queue as on the liveness connection.

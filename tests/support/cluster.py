@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from orchestrator.services import Services
 from orchestrator.settings import Settings
@@ -88,8 +87,3 @@ def cluster(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[Clust
     harness = Cluster(tmp_path, redis_url, database_url)
     yield harness
     harness.stop()
-
-
-def flush(url: str) -> None:
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
