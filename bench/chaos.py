@@ -52,7 +52,7 @@ RESULTS = ROOT / "bench" / "results" / "chaos.json"
 
 def completions(history: RunHistory) -> dict[str, int]:
     """Idempotency key -> lowest epoch that recorded the task (or foreach item) done."""
-    from orchestrator.package import item_key
+    from orchestrator.packages.model import item_key
 
     done: dict[str, int] = {}
     for event in history.events:
@@ -402,7 +402,7 @@ def _config(args: argparse.Namespace) -> ChaosConfig:
 @contextlib.contextmanager
 def _redis(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
     if args.redis_url is None:
-        from orchestrator.embedded import EmbeddedRedis
+        from orchestrator.cli.embedded import EmbeddedRedis
 
         with EmbeddedRedis() as server:
             yield server.start(workdir / "redis")

@@ -293,7 +293,7 @@ class Environment:
         if self.args.redis_url:
             self.redis_url = self.args.redis_url
         else:
-            from orchestrator.embedded import EmbeddedRedis
+            from orchestrator.cli.embedded import EmbeddedRedis
 
             self._redis = EmbeddedRedis()
             self.redis_url = self._redis.start(self.tmp / "redis")
@@ -349,9 +349,9 @@ def orchestrator_command(*args: str) -> list[str]:
 
 
 def services(env: Environment, broker_url: str, **settings: Any) -> Any:
-    """In-process :class:`~orchestrator.services.Services` on the run's Redis and database."""
-    from orchestrator.services import Services
-    from orchestrator.settings import Settings
+    """In-process :class:`~orchestrator.runtime.services.Services` on the run's Redis and database."""
+    from orchestrator.runtime.services import Services
+    from orchestrator.runtime.settings import Settings
 
     values: dict[str, Any] = {
         "broker_url": broker_url,

@@ -32,7 +32,7 @@ TASK_SECONDS = 0.01
 
 
 def package(name: str, count: int) -> Any:
-    from orchestrator.package import parse_package
+    from orchestrator.packages.validation import parse_package
 
     chain = [
         {
@@ -69,7 +69,7 @@ def in_process(root: Path, count: int, index: int) -> float:
 
 
 def cluster(services: Any, count: int, index: int) -> float:
-    from orchestrator.submission import Client
+    from orchestrator.control.client import Client
 
     client = Client(services)
     pkg = package(f"overhead_cluster_{index}", count)

@@ -254,7 +254,7 @@ class CeleryCase:
 
 
 def victim_package(name: str, log: Path, release: Path) -> Any:
-    from orchestrator.package import parse_package
+    from orchestrator.packages.validation import parse_package
 
     return parse_package(
         {
@@ -273,7 +273,7 @@ def victim_package(name: str, log: Path, release: Path) -> Any:
 
 
 def probe_package(log: Path, release: Path) -> Any:
-    from orchestrator.package import parse_package
+    from orchestrator.packages.validation import parse_package
 
     params = {"log": str(log), "release": str(release), "limit": HOLD_LIMIT}
     return parse_package(
@@ -287,7 +287,7 @@ def orchestrator_entries(log: Path) -> list[dict[str, Any]]:
 
 
 def orchestrator_case(env: C.Environment, db: int, lease_ttl: float | None, kills: int) -> CaseResult:
-    from orchestrator.submission import Client
+    from orchestrator.control.client import Client
 
     ttl = lease_ttl or 5.0
     name = f"orchestrator-ttl{ttl:g}"

@@ -1,7 +1,7 @@
 """Scale: the scheduler's liveness tick against many healthy runs, and a worker node's memory.
 
 Tick: leases of N running runs and 200 worker nodes are written straight into
-a real Redis (the keys :mod:`orchestrator.liveness` uses, deadlines an hour
+a real Redis (the keys :mod:`orchestrator.control.liveness` uses, deadlines an hour
 ahead), and the N runs into SQL; :meth:`Scheduler.tick` is then timed with nothing expired, and with
 E of the leases expired (those runs exist in SQL, so each is fenced, recorded
 lost and dispatched again, as after a node loss). N grows 10x and more; the
@@ -68,8 +68,8 @@ def insert_running(services: Any, ids: list[str]) -> None:
     """The healthy runs in SQL as well (the gauges count runs by state there)."""
     from sqlalchemy import insert
 
-    from orchestrator.db import Run
-    from orchestrator.states import RunState
+    from orchestrator.state import Run
+    from orchestrator.state.states import RunState
 
     rows = [
         {
@@ -92,7 +92,7 @@ def insert_running(services: Any, ids: list[str]) -> None:
 
 def make_expired(services: Any, count: int, prefix: str) -> list[str]:
     """``count`` running runs recorded in SQL whose leases expired a second ago."""
-    from orchestrator.package import parse_package
+    from orchestrator.packages.validation import parse_package
 
     repo, liveness = services.repository, services.liveness
     package = parse_package({"name": "scale", "tasks": [{"id": "t", "python": "bench.tasks:noop"}]})
@@ -123,7 +123,7 @@ class TickCase:
     """One population (N healthy leases, NODES nodes) in its own Redis database and SQL file."""
 
     def __init__(self, env: C.Environment, db: int, runs: int) -> None:
-        from orchestrator.scheduler import Scheduler
+        from orchestrator.control.scheduler import Scheduler
 
         self.runs = runs
         url = env.db(db)
@@ -212,8 +212,8 @@ def settle(env: C.Environment, name: str, seconds: float) -> dict[str, float]:
 
 
 def node_memory(env: C.Environment, db: int, quick: bool) -> dict[str, Any]:
-    from orchestrator.package import parse_package
-    from orchestrator.submission import Client
+    from orchestrator.control.client import Client
+    from orchestrator.packages.validation import parse_package
 
     url = env.db(db)
     node_env = env.orchestrator_env(url)

@@ -86,7 +86,7 @@ def celery_round(url: str, count: int) -> float:
 
 
 def one_task_package(name: str) -> Any:
-    from orchestrator.package import parse_package
+    from orchestrator.packages.validation import parse_package
 
     return parse_package({"name": name, "tasks": [{"id": "only", "python": "bench.tasks:noop"}]})
 
@@ -95,8 +95,8 @@ def orchestrator_round(services: Any, count: int) -> dict[str, float]:
     """Packages per second for ``count`` one-task packages, first submit to last finished run."""
     from sqlalchemy import select
 
-    from orchestrator.db import Run
-    from orchestrator.submission import Client
+    from orchestrator.control.client import Client
+    from orchestrator.state import Run
 
     name = f"tp_{secrets.token_hex(4)}"
     package = one_task_package(name)

@@ -57,3 +57,25 @@ class RunStateConflict(InvalidInput):
 
 class ClusterUnavailable(OrchestratorError):
     """The broker or the database cannot be reached."""
+
+
+class ExecutionError(OrchestratorError):
+    """Root of the failures raised while a package runs (the rest are in :mod:`workers.errors`)."""
+
+
+class RunInterrupted(ExecutionError):
+    """The run must stop now, whatever the current task is doing.
+
+    Raised through task code; the executor re-raises it even if a task
+    swallowed it, so catching ``Exception`` in a task cannot keep a stopped
+    attempt going.
+    """
+
+
+class AttemptFenced(RunInterrupted):
+    """This attempt was superseded by a newer one (lease lost or epoch moved on).
+
+    A fenced attempt stops at once, writes nothing more and reports nothing:
+    the newer attempt owns the run. Raised by the workers and by the state
+    layer, whose every write on behalf of an attempt checks its epoch.
+    """

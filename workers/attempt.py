@@ -17,16 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import CheckpointError, Fenced, SecretBox, validate_run_id
+from orchestrator.control.liveness import Claim
 from orchestrator.errors import InvalidInput, OrchestratorError
-from orchestrator.liveness import Claim
-from orchestrator.logs import log_context
-from orchestrator.metrics import MetricsHooks, metrics
-from orchestrator.package import ForeachItem, parse_package
-from orchestrator.repository import Completion, Repository
-from orchestrator.services import Services
-from orchestrator.states import RunState, TaskState
+from orchestrator.observability.logs import log_context
+from orchestrator.observability.metrics import metrics
+from orchestrator.packages.model import ForeachItem
+from orchestrator.packages.validation import parse_package
+from orchestrator.runtime.services import Services
+from orchestrator.state.repository import Completion, Repository
+from orchestrator.state.states import RunState, TaskState
 from workers.errors import AttemptFenced, CheckpointWriteFailed, StateUnavailable
 from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
+from workers.hooks import AllHooks, MetricsHooks
 from workers.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,7 @@ def _execute(
     options = ExecutionOptions(
         store=services.store,
         secret_key=settings.secret(),
-        hooks=_All(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
+        hooks=AllHooks(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
         guard=keeper.check,
         stop=stop,
         keep_checkpoint=True,  # deleted by run_attempt once the outcome is recorded
@@ -276,36 +278,3 @@ def decode_variables(stored: dict[str, Any], secret_key: str | None) -> dict[str
         box = SecretBox(secret_key)
         values.update({name: box.decrypt(name, token) for name, token in secrets.items()})
     return values
-
-
-class _All(ExecutionHooks):
-    """Several sets of hooks called in turn (the SQL reporter first)."""
-
-    def __init__(self, *hooks: ExecutionHooks) -> None:
-        self.hooks = hooks
-
-    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
-        for hooks in self.hooks:
-            hooks.run_started(run_id, resumed, skipped)
-
-    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
-        for hooks in self.hooks:
-            hooks.task_started(task_id, item, try_number)
-
-    def task_finished(
-        self, task_id: str, item: ForeachItem | None, state: TaskState, seconds: float, error: str | None
-    ) -> None:
-        for hooks in self.hooks:
-            hooks.task_finished(task_id, item, state, seconds, error)
-
-    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
-        for hooks in self.hooks:
-            hooks.checkpoint_saved(size, seconds, reason)
-
-    def checkpoint_failed(self, result: str, error: str) -> None:
-        for hooks in self.hooks:
-            hooks.checkpoint_failed(result, error)
-
-    def run_finished(self, result: RunResult) -> None:
-        for hooks in self.hooks:
-            hooks.run_finished(result)

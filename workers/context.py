@@ -9,8 +9,8 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from orchestrator.errors import VariableInvalid
-from orchestrator.package import ForeachItem, Package
-from orchestrator.variables import convert
+from orchestrator.packages.model import ForeachItem, Package
+from orchestrator.packages.variables import convert
 from workers.errors import TaskCancelled
 
 

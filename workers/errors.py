@@ -1,12 +1,25 @@
-"""Exceptions of package execution."""
+"""Exceptions of package execution.
+
+:class:`ExecutionError`, :class:`RunInterrupted` and :class:`AttemptFenced` are
+defined in :mod:`orchestrator.errors` (the state layer raises them too) and
+re-exported here.
+"""
 
 from __future__ import annotations
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import AttemptFenced, ExecutionError, RunInterrupted
 
-
-class ExecutionError(OrchestratorError):
-    """Root of the failures raised while a package runs."""
+__all__ = [
+    "AttemptFenced",
+    "CheckpointWriteFailed",
+    "ExecutionError",
+    "RunCancelled",
+    "RunInterrupted",
+    "StateUnavailable",
+    "TaskCancelled",
+    "TaskError",
+    "TaskTimeout",
+]
 
 
 class TaskError(ExecutionError):
@@ -21,25 +34,8 @@ class TaskCancelled(ExecutionError):
     """The task's attempt was stopped (timeout, cancellation or a lost lease) while it ran."""
 
 
-class RunInterrupted(ExecutionError):
-    """The run must stop now, whatever the current task is doing.
-
-    Raised through task code; the executor re-raises it even if a task
-    swallowed it, so catching ``Exception`` in a task cannot keep a stopped
-    attempt going.
-    """
-
-
 class RunCancelled(RunInterrupted):
     """The run was cancelled (Ctrl-C, SIGTERM, ``orchestrator cancel``); the checkpoint is kept."""
-
-
-class AttemptFenced(RunInterrupted):
-    """This attempt was superseded by a newer one (lease lost or epoch moved on).
-
-    A fenced attempt stops at once, writes nothing more and reports nothing:
-    the newer attempt owns the run.
-    """
 
 
 class StateUnavailable(RunInterrupted):

@@ -33,12 +33,13 @@ from checkpoints import (
     TaskRecord,
 )
 from checkpoints.format import utcnow
-from orchestrator.logs import log_context
-from orchestrator.masking import Masker
-from orchestrator.package import CheckpointUsage, ForeachItem, Package, Task, item_key
-from orchestrator.states import RunState, TaskState
-from orchestrator.templating import TemplateError, render
-from orchestrator.variables import missing_required, resolve
+from orchestrator.observability.logs import log_context
+from orchestrator.observability.masking import Masker
+from orchestrator.packages.kinds import CheckpointUsage
+from orchestrator.packages.model import ForeachItem, Package, Task, item_key
+from orchestrator.packages.templating import TemplateError, render
+from orchestrator.packages.variables import missing_required, resolve
+from orchestrator.state.states import RunState, TaskState
 from workers.context import Flag, Progress, TaskContext, TaskVariables, read_only
 from workers.errors import (
     AttemptFenced,

@@ -24,9 +24,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from orchestrator.masking import Masker
-from orchestrator.package import Task
-from orchestrator.templating import TemplateError, render
+from orchestrator.observability.masking import Masker
+from orchestrator.packages.model import Task
+from orchestrator.packages.templating import TemplateError, render
 from workers.context import Flag, TaskContext
 from workers.errors import TaskCancelled, TaskError, TaskTimeout
 

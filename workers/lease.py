@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.liveness import Claim, Liveness
+from orchestrator.control.liveness import Claim, Liveness
 from workers.errors import AttemptFenced
 
 log = logging.getLogger(__name__)

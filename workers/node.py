@@ -7,10 +7,10 @@ import logging
 import os
 import socket
 
-from orchestrator.db import NodeState
-from orchestrator.metrics import enable_multiprocess, serve
-from orchestrator.services import Services
-from workers.app import RUN_QUEUE
+from orchestrator.observability.metrics import enable_multiprocess, serve
+from orchestrator.runtime.broker import RUN_QUEUE
+from orchestrator.runtime.services import Services
+from orchestrator.state.models import NodeState
 from workers.lease import NodeHeartbeat
 from workers.tasks import register_worker_tasks
 

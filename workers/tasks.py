@@ -1,8 +1,9 @@
-"""The Celery tasks: thin shells that decode a message and call a plain function.
+"""The worker's Celery task: a thin shell that decodes a message and calls a plain function.
 
 A message whose body is not what the task expects is refused and logged, never
 executed. Pickled messages never reach this far: the app accepts JSON only
-(:mod:`workers.app`).
+(:mod:`orchestrator.runtime.broker`). The schedulers' tasks are in
+:mod:`orchestrator.control.tasks`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from typing import Any
 from celery import Celery
 from pydantic import ValidationError
 
-from checkpoints import InvalidIdentifier, validate_run_id
-from orchestrator.errors import OrchestratorError
-from orchestrator.scheduler import Scheduler
-from orchestrator.services import Services
-from workers.app import RESUME_TASK, RUN_TASK, SUBMIT_TASK
+from orchestrator.runtime.broker import RUN_TASK
+from orchestrator.runtime.services import Services
 from workers.attempt import AttemptMessage, run_attempt
 from workers.lease import exit_after
 
@@ -37,26 +35,6 @@ def register_worker_tasks(app: Celery, services: Services, node: str) -> None:
             log.error("malformed attempt message refused: %s", _short(exc))
             return
         run_attempt(services, message, node, on_lost=exit_after(FENCED_GRACE))
-
-
-def register_control_tasks(app: Celery, scheduler: Scheduler) -> None:
-    """The submission and resume tasks a scheduler executes."""
-
-    @app.task(name=SUBMIT_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
-    def submit_task(payload: Any = None, **extra: Any) -> None:
-        if extra or not isinstance(payload, dict):
-            log.error("malformed submission refused: expected one 'payload' object")
-            return
-        scheduler.submit(payload)
-
-    @app.task(name=RESUME_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
-    def resume_task(run_id: Any = None, **extra: Any) -> None:
-        try:
-            if extra:
-                raise InvalidIdentifier(f"unexpected fields {sorted(extra)}")
-            scheduler.resume(validate_run_id(run_id))
-        except (InvalidIdentifier, OrchestratorError) as exc:
-            log.error("resume of run %r refused: %s", run_id, exc)
 
 
 def _short(exc: ValidationError) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.db import AttemptState
-from orchestrator.states import RunState, TaskState
-from orchestrator.submission import Client
+from orchestrator.control.client import Client
+from orchestrator.state import AttemptState
+from orchestrator.state.states import RunState, TaskState
 from tests.integration.test_scheduler import (
     WAIT,
     Attempt,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from orchestrator.states import RunState
+from orchestrator.runtime.broker import CONTROL_QUEUE, RUN_QUEUE, RUN_TASK, SUBMIT_TASK
+from orchestrator.state.states import RunState
 from tests.support.cli import wait_until
 from tests.support.cluster import Cluster
-from workers.app import CONTROL_QUEUE, RUN_QUEUE, RUN_TASK, SUBMIT_TASK
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,7 +86,7 @@ def test_pickled_and_malformed_messages_are_refused(cluster: Cluster) -> None:
     # The cluster still works after all that.
     good = cluster.tmp / "good.yaml"
     good.write_text("name: good\ntasks:\n  - {id: a, shell: 'true'}\n")
-    from orchestrator.package import load_package
+    from orchestrator.packages.validation import load_package
 
     run_id = cluster.client.submit(load_package(good))
     assert cluster.client.wait(run_id, timeout=60)["state"] == "succeeded"

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import redis
 
-from orchestrator.liveness import Claim, Liveness
+from orchestrator.control.liveness import Claim, Liveness
 from tests.integration.test_failover import FAST, finished, holding, ten_tasks
 from tests.support import tasks as T
 from tests.support.cli import ROOT, wait_until

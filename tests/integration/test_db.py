@@ -19,7 +19,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from orchestrator.db import (
+from orchestrator.errors import ClusterUnavailable
+from orchestrator.state import (
     Attempt,
     AttemptState,
     Base,
@@ -35,8 +36,7 @@ from orchestrator.db import (
     session_factory,
     upgrade,
 )
-from orchestrator.errors import ClusterUnavailable
-from orchestrator.states import RunState, TaskState
+from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
 TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes"}
@@ -47,7 +47,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from sqlalchemy import select
-from orchestrator.db import Run, make_engine, session_factory, upgrade
+from orchestrator.state import Run, make_engine, session_factory, upgrade
 
 mode, url, sync, name, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 (sync / f"ready-{name}").touch()

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.package import Package, parse_package
-from orchestrator.states import RunState
+from orchestrator.packages.model import Package
+from orchestrator.packages.validation import parse_package
+from orchestrator.state.states import RunState
 from tests.support import tasks as T
 from tests.support.cli import run_cli, wait_until
 from tests.support.cluster import Cluster

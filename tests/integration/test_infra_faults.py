@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.states import RunState
+from orchestrator.state.states import RunState
 from tests.integration.test_failover import FAST, HOLD_AT, finished, holding, start, ten_tasks
 from tests.support import tasks as T
 from tests.support.cli import run_cli, wait_until

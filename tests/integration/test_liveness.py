@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from orchestrator.liveness import Claim, Expired, Liveness
+from orchestrator.control.liveness import Claim, Expired, Liveness
+from orchestrator.runtime.broker import RUN_QUEUE
 from tests.support.cli import wait_until
-from workers.app import RUN_QUEUE
 from workers.lease import LeaseKeeper
 
 TTL = 0.5

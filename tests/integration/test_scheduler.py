@@ -23,19 +23,19 @@ import pytest
 import redis
 
 from checkpoints import Checkpoint, FilesystemCheckpointStore
-from orchestrator.db import AttemptState
+from orchestrator.control.client import Client
+from orchestrator.control.liveness import Claim, Liveness
+from orchestrator.control.scheduler import Scheduler
 from orchestrator.errors import RunStateConflict
-from orchestrator.liveness import Claim, Liveness
-from orchestrator.package import parse_package
-from orchestrator.repository import Repository
-from orchestrator.scheduler import Scheduler
-from orchestrator.services import Services
-from orchestrator.settings import Settings
-from orchestrator.states import RunState, TaskState
-from orchestrator.submission import Client
+from orchestrator.packages.validation import parse_package
+from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK, SUBMIT_TASK
+from orchestrator.runtime.services import Services
+from orchestrator.runtime.settings import Settings
+from orchestrator.state import AttemptState
+from orchestrator.state.repository import Repository
+from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
 from tests.support.cli import wait_until
-from workers.app import RUN_QUEUE, RUN_TASK, SUBMIT_TASK
 from workers.attempt import AttemptMessage, run_attempt
 from workers.errors import AttemptFenced
 from workers.executor import ExecutionHooks, RunResult

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.db import AttemptState
-from orchestrator.liveness import Claim
-from orchestrator.scheduler import Scheduler
-from orchestrator.states import RunState
+from orchestrator.control.liveness import Claim
+from orchestrator.control.scheduler import Scheduler
+from orchestrator.state import AttemptState
+from orchestrator.state.states import RunState
 from tests.integration.test_failover import FAST, HOLD_AT, finished, holding, start, ten_tasks
 from tests.integration.test_scheduler import TWO, Harness, kinds, make_harness
 from tests.support import tasks as T

@@ -319,8 +319,8 @@ def run_chaos(
     say: Callable[[str], None] = print,
 ) -> ChaosRun:
     """Start the cluster, submit the packages, unleash the killer until every run ended."""
-    from orchestrator.services import Services
-    from orchestrator.settings import Settings
+    from orchestrator.runtime.services import Services
+    from orchestrator.runtime.settings import Settings
 
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = ChaosCluster(
@@ -372,8 +372,8 @@ def _start(cluster: ChaosCluster, services: Any, config: ChaosConfig) -> None:
 
 
 def _submit(services: Any, config: ChaosConfig, sink: Path) -> list[str]:
-    from orchestrator.package import parse_package
-    from orchestrator.submission import Client
+    from orchestrator.control.client import Client
+    from orchestrator.packages.validation import parse_package
 
     client = Client(services)
     return [client.submit(parse_package(chaos_definition(i, config, sink))) for i in range(config.packages)]
@@ -383,7 +383,7 @@ def run_states(services: Any, run_ids: list[str]) -> dict[str, str]:
     """State of each run SQL has recorded (a submission not yet handled is absent)."""
     from sqlalchemy import select
 
-    from orchestrator.db import Run
+    from orchestrator.state import Run
 
     with services.repository.sessions() as session:
         rows = session.execute(select(Run.id, Run.state).where(Run.id.in_(run_ids))).all()

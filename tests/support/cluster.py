@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.services import Services
-from orchestrator.settings import Settings
-from orchestrator.submission import Client
+from orchestrator.control.client import Client
+from orchestrator.runtime.services import Services
+from orchestrator.runtime.settings import Settings
 from tests.support import tasks as T
 from tests.support.cli import wait_until
 from tests.support.processes import ProcessCluster

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from orchestrator.db import make_engine, normalize_url, upgrade
+from orchestrator.state import make_engine, normalize_url, upgrade
 
 DATABASE_URL_VARIABLE = "ORCHESTRATOR_TEST_DATABASE_URL"
 

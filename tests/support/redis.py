@@ -2,7 +2,7 @@
 
 ``ORCHESTRATOR_TEST_REDIS_URL`` (CI: ``redis://127.0.0.1:6379/0``) selects an
 existing server for ``redis_server`` and ``redis_url``; without it an
-:class:`~orchestrator.embedded.EmbeddedRedis` is started in a temporary
+:class:`~orchestrator.cli.embedded.EmbeddedRedis` is started in a temporary
 directory. Tests that restart the server take ``restartable_redis``, which is
 always embedded (an external server is not ours to restart).
 """
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from orchestrator.embedded import EmbeddedRedis
+from orchestrator.cli.embedded import EmbeddedRedis
 
 REDIS_URL_VARIABLE = "ORCHESTRATOR_TEST_REDIS_URL"
 

@@ -27,7 +27,8 @@ from urllib.parse import quote
 
 import redis
 
-from orchestrator.embedded import _bundled_executable, ping
+from orchestrator.cli.embedded import _bundled_executable
+from orchestrator.runtime.broker import ping
 
 
 class Unavailable(Exception):

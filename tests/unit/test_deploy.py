@@ -73,13 +73,13 @@ def interpolate(value: str) -> str:
 
 
 def settings_fields() -> set[str]:
-    from orchestrator.settings import Settings
+    from orchestrator.runtime.settings import Settings
 
     return {f"ORCHESTRATOR_{name.upper()}" for name in Settings.model_fields}
 
 
 def default_metrics_port() -> int:
-    from orchestrator.settings import Settings
+    from orchestrator.runtime.settings import Settings
 
     return int(Settings.model_fields["metrics_port"].default)
 
@@ -88,8 +88,7 @@ def default_metrics_port() -> int:
 def cli_group() -> Any:
     import typer.main
 
-    from orchestrator import cluster_cli  # noqa: F401 - registers the cluster commands
-    from orchestrator.cli import app
+    from orchestrator.cli import app  # importing the package registers every command
 
     return typer.main.get_command(app)
 
@@ -884,7 +883,7 @@ CHECKS += [check_docs]
 def test_the_metric_contract_is_what_metrics_py_creates() -> None:
     from prometheus_client import CollectorRegistry
 
-    from orchestrator.metrics import _create, _create_gauges
+    from orchestrator.observability.metrics import _create, _create_gauges
 
     registry = CollectorRegistry()
     made = {**vars(_create(registry)), **vars(_create_gauges(registry))}

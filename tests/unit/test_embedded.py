@@ -16,17 +16,11 @@ from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from orchestrator import embedded
-from orchestrator.embedded import (
-    DISCOVERY_FILE,
-    EmbeddedRedis,
-    discover,
-    find_redis_server,
-    ping,
-    resolve_broker_url,
-)
+from orchestrator.cli import embedded
+from orchestrator.cli.embedded import EmbeddedRedis, find_redis_server
 from orchestrator.errors import ClusterUnavailable
-from orchestrator.settings import Settings
+from orchestrator.runtime.broker import DISCOVERY_FILE, discover, ping, resolve_broker_url
+from orchestrator.runtime.settings import Settings
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from checkpoints import (
     InMemoryCheckpointStore,
 )
 from orchestrator.errors import VariableInvalid
-from orchestrator.package import Package, parse_package
-from orchestrator.states import RunState, TaskState
+from orchestrator.packages.model import Package
+from orchestrator.packages.validation import parse_package
+from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
 from workers.context import TaskContext
 from workers.errors import AttemptFenced

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from checkpoints import InMemoryCheckpointStore
-from orchestrator.logs import ContextFilter, JsonFormatter, configure_logging, log_context
-from orchestrator.masking import Masker
-from orchestrator.package import parse_package
+from orchestrator.observability.logs import ContextFilter, JsonFormatter, configure_logging, log_context
+from orchestrator.observability.masking import Masker
+from orchestrator.packages.validation import parse_package
 from tests.support import tasks as T
 from workers.context import TaskContext
 from workers.executor import ExecutionOptions, RunRequest, execute

@@ -13,15 +13,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.builder import PackageBuilder
 from orchestrator.errors import Issue, PackageInvalid
-from orchestrator.package import (
-    CheckpointUsage,
-    Package,
-    VariableType,
-    load_package,
-    parse_package,
-)
+from orchestrator.packages.builder import PackageBuilder
+from orchestrator.packages.kinds import CheckpointUsage, VariableType
+from orchestrator.packages.model import Package
+from orchestrator.packages.validation import load_package, parse_package
 
 # The example of design.md, "Package format", verbatim.
 DESIGN_EXAMPLE = """\

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkpoints import InMemoryCheckpointStore
-from orchestrator.package import parse_package
+from orchestrator.packages.validation import parse_package
 from workers.context import TaskContext
 from workers.executor import ExecutionOptions, RunRequest, execute
 

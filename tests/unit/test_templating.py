@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.templating import Reference, TemplateError, parse_expression, references, render
+from orchestrator.packages.templating import Reference, TemplateError, parse_expression, references, render
 
 VARS: dict[str, Any] = {
     "rows": 42,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import Issue, PackageInvalid
-from orchestrator.package import parse_package
+from orchestrator.packages.validation import parse_package
 
 
 def example() -> dict[str, Any]:

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import VariableInvalid
-from orchestrator.package import Package, parse_package
-from orchestrator.variables import (
+from orchestrator.packages.model import Package
+from orchestrator.packages.validation import parse_package
+from orchestrator.packages.variables import (
     MAX_VARIABLE_BYTES,
     missing_required,
     parse_assignments,

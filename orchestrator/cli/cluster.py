@@ -1,0 +1,292 @@
+"""The cluster commands of the ``orchestrator`` CLI: processes, submission and run queries.
+
+They find a local cluster started by ``orchestrator up`` in the same directory
+without flags (``.orchestrator/cluster.json``), or use ``ORCHESTRATOR_BROKER_URL``
+and ``ORCHESTRATOR_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
+from orchestrator.cli.localcluster import LocalCluster
+from orchestrator.control.client import Client
+from orchestrator.packages.validation import load_package
+from orchestrator.packages.variables import parse_assignments
+from orchestrator.runtime.services import Services
+from orchestrator.runtime.settings import get_settings
+from orchestrator.state.states import RunState
+
+RunIdArgument = Annotated[str, typer.Argument(help="The run id (printed by submit).")]
+
+
+def _services() -> Services:
+    return Services(get_settings())
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+@app.command()
+def scheduler() -> None:
+    """Run a scheduler (several may run at once)."""
+    from orchestrator.control.service import serve_scheduler
+
+    with exit_codes():
+        serve_scheduler(_services())
+
+
+@app.command()
+def worker(
+    node: Annotated[str | None, typer.Option("--node", help="Node name [default: host-pid].")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Runs at once.")] = 2,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve /metrics here.")] = None,
+) -> None:
+    """Run a worker node."""
+    from workers.node import default_node_name, serve_worker
+
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    with exit_codes():
+        serve_worker(_services(), node or default_node_name(), concurrency, metrics_port)
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker nodes to start.")] = 3,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Runs per node.")] = 2,
+) -> None:
+    """Start a local cluster (embedded Redis, a scheduler, N worker nodes) until Ctrl-C."""
+    settings = get_settings()
+    cluster = LocalCluster(settings, workers=workers, concurrency=concurrency)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with exit_codes():
+        try:
+            cluster.start()
+            cluster.wait_ready(Services(settings, broker_url=cluster.broker_url).liveness)
+            out.print(
+                f"[green]local cluster up[/]: scheduler + {workers} worker node(s). "
+                "Submit with `orchestrator submit FILE`; Ctrl-C stops it."
+            )
+            while True:  # a lost node is the cluster's business, not a reason to stop it
+                for gone in cluster.exited():
+                    err.print(f"[yellow]{gone.name} exited[/] (status {gone.process.returncode})")
+                signal.sigtimedwait([signal.SIGCHLD], 1.0)
+        except KeyboardInterrupt:
+            out.print("stopping the local cluster")
+        finally:
+            cluster.stop()
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Package file (YAML or JSON).")],
+    var: VarOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait at most.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Choose the run id.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Submit a package through the queue; print its run id (with --wait, its final status)."""
+    with exit_codes():
+        package = load_package(file)
+        client = Client(_services())
+        run_id = client.submit(package, parse_assignments(var or []), run_id=run_id)
+        if not wait:
+            _print_json({"run_id": run_id, "package": package.name}) if json_output else out.print(run_id)
+            return
+        err.print(f"submitted {run_id}; waiting for it to end")
+        try:
+            status = client.wait(run_id, timeout=timeout)
+        except TimeoutError as exc:
+            fail(str(exc))
+    if json_output:
+        _print_json(status)
+    else:
+        _print_status(status)
+    raise typer.Exit(EXIT_OK if status["state"] == RunState.SUCCEEDED else EXIT_FAILED)
+
+
+@app.command()
+def status(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """State, attempt, restarts, node, per-task state and error of a run."""
+    with exit_codes():
+        found = Client(_services()).status(run_id)
+    _print_json(found) if json_output else _print_status(found)
+
+
+def _print_status(found: dict[str, Any]) -> None:
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(found["state"], "cyan")
+    out.print(f"run [bold]{found['run_id']}[/] of {found['package']}: [{style}]{found['state']}[/]")
+    out.print(
+        f"attempt {found['attempt']} (epoch {found['epoch']}), restarts {found['restarts']}"
+        f"/{found['max_restarts']}, node {found['node'] or '-'}"
+    )
+    table = Table(show_edge=False)
+    table.add_column("task")
+    table.add_column("state")
+    for task_id, state in found["tasks"].items():
+        table.add_row(task_id, state)
+    out.print(table)
+    if found["error"]:
+        out.print(f"[red]error[/]: {escape(found['error'])}")
+
+
+@app.command()
+def runs(
+    state: Annotated[RunState | None, typer.Option("--state", help="Only runs in this state.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    with exit_codes():
+        found = _services().repository.list_runs(state)
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": r.id,
+            "package": r.package,
+            "state": r.state.value,
+            "attempt": r.attempt,
+            "restarts": r.restarts,
+            "node": r.node,
+            "submitted_at": r.submitted_at.isoformat(),
+        }
+        for r in found
+    ]
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table(show_edge=False)
+    for column in ("run", "package", "state", "attempt", "restarts", "node", "submitted"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(
+                "-" if row[k] is None else str(row[k])
+                for k in ("run_id", "package", "state", "attempt", "restarts", "node")
+            ),
+            row["submitted_at"][:19],
+        )
+    out.print(table)
+
+
+@app.command()
+def events(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """The timeline of a run."""
+    with exit_codes():
+        services = _services()
+        services.repository.run_row(run_id)
+        found = services.repository.events(run_id)
+    rows: list[dict[str, Any]] = [
+        {
+            "at": e.at.isoformat(),
+            "kind": e.kind,
+            "node": e.node,
+            "attempt": e.attempt,
+            "detail": e.detail,
+        }
+        for e in found
+    ]
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table(show_edge=False)
+    for column in ("time", "event", "attempt", "node", "detail"):
+        table.add_column(column)
+    for row in rows:
+        detail = " ".join(f"{k}={v}" for k, v in row["detail"].items() if k != "tasks" and v is not None)
+        table.add_row(
+            _clock(row["at"]),
+            row["kind"],
+            str(row["attempt"] or "-"),
+            row["node"] or "-",
+            escape(detail),
+        )
+    out.print(table)
+
+
+@app.command()
+def cancel(run_id: RunIdArgument) -> None:
+    """Cancel a run: the running attempt stops, the checkpoint is kept."""
+    with exit_codes():
+        found = Client(_services()).cancel(run_id)
+    out.print(f"cancellation of {run_id} requested (state {found['state']})")
+
+
+@app.command()
+def resume(run_id: RunIdArgument) -> None:
+    """Resume a failed or cancelled run from its checkpoint."""
+    with exit_codes():
+        Client(_services()).resume(run_id)
+    out.print(f"resume of {run_id} requested")
+
+
+@app.command()
+def nodes(json_output: JsonOption = False) -> None:
+    """Live worker nodes, their runs and last heartbeat."""
+    with exit_codes():
+        services = _services()
+        alive = services.liveness.alive_nodes()
+        known = {n.name: n for n in services.repository.nodes()}
+        running = services.repository.running_on()
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(alive) | set(known)):
+        node = known.get(name)
+        rows.append(
+            {
+                "node": name,
+                "state": "alive" if name in alive else (node.state.value if node else "unknown"),
+                "runs": running.get(name, []),
+                "last_heartbeat": _last_heartbeat(alive.get(name), services.settings.lease_ttl)
+                or (node.last_seen.isoformat() if node else None),
+                "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
+            }
+        )
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table(show_edge=False)
+    for column in ("node", "state", "concurrency", "last heartbeat", "runs"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["node"],
+            row["state"],
+            str(row["concurrency"] or "-"),
+            _clock(row["last_heartbeat"]),
+            ", ".join(row["runs"]) or "-",
+        )
+    out.print(table)
+
+
+def _clock(iso: str | None) -> str:
+    """``HH:MM:SS.mmm`` of an ISO timestamp, ``-`` for none."""
+    return datetime.fromisoformat(iso).strftime("%H:%M:%S.%f")[:12] if iso else "-"
+
+
+def _last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:
+    if not info or "deadline_ms" not in info:
+        return None
+    at = datetime.fromtimestamp(info["deadline_ms"] / 1000, UTC) - timedelta(seconds=ttl)
+    return at.isoformat()
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's files for a look.")] = False,
+) -> None:
+    """The showcase: a node dies mid-run and the package finishes on another node."""
+    from orchestrator.cli.demo import run_demo
+
+    report = run_demo(out, keep=keep)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

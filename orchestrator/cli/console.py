@@ -1,0 +1,121 @@
+"""What people see while a package runs: a live progress bar on a terminal, lines elsewhere."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from orchestrator.packages.model import ForeachItem, Package, item_key
+from orchestrator.state.states import RunState, TaskState
+from workers.executor import ExecutionHooks, RunResult
+
+_STATE_STYLE = {
+    TaskState.SUCCEEDED: "green",
+    TaskState.FAILED: "red",
+    TaskState.UPSTREAM_FAILED: "yellow",
+    TaskState.CANCELLED: "yellow",
+    TaskState.PENDING: "dim",
+    TaskState.RUNNING: "cyan",
+}
+
+
+def _label(task_id: str, item: ForeachItem | None) -> str:
+    """``task`` or ``task[item]``, escaped for rich markup."""
+    return escape(task_id if item is None else f"{task_id}[{item_key(item)}]")
+
+
+class ProgressDisplay(ExecutionHooks):
+    """Execution hooks drawing progress; a context manager around the run."""
+
+    def __init__(self, package: Package, console: Console, *, quiet: bool = False) -> None:
+        self.package = package
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.live,
+        )
+        self.bar = self.progress.add_task(package.name, total=len(package.tasks))
+
+    def __enter__(self) -> ProgressDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False)
+
+    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
+        if resumed:
+            self._say(
+                f"[bold]resuming[/] run {run_id} from its checkpoint: "
+                f"{len(skipped)} finished task(s) skipped" + (f" ({', '.join(skipped)})" if skipped else "")
+            )
+        self.progress.update(self.bar, completed=len(skipped))
+
+    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
+        retry = f" (try {try_number})" if try_number > 1 else ""
+        self.progress.update(self.bar, description=f"{self.package.name}: {_label(task_id, item)}{retry}")
+
+    def task_finished(
+        self,
+        task_id: str,
+        item: ForeachItem | None,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        mark = "[green]✓[/]" if state is TaskState.SUCCEEDED else "[red]✗[/]"
+        detail = f" {escape(error)}" if error else ""
+        self._say(f"{mark} {_label(task_id, item)} [dim]{seconds:.2f}s[/]{detail}")
+        if item is None and state is TaskState.SUCCEEDED:
+            self.progress.advance(self.bar)
+
+    def run_finished(self, result: RunResult) -> None:
+        self.progress.update(
+            self.bar,
+            completed=sum(s in (TaskState.SUCCEEDED, TaskState.FAILED) for s in result.tasks.values()),
+        )
+
+
+def print_result(console: Console, result: RunResult) -> None:
+    """A per-task table and the outcome line."""
+    table = Table(title=f"run {result.run_id} of {result.package}", show_edge=False)
+    table.add_column("task")
+    table.add_column("state")
+    for task_id, state in result.tasks.items():
+        note = " (from checkpoint)" if task_id in result.skipped else ""
+        table.add_row(task_id, f"[{_STATE_STYLE[state]}]{state.value}[/]{note}")
+    console.print(table)
+    if result.state is RunState.SUCCEEDED:
+        console.print("[bold green]succeeded[/]")
+    else:
+        console.print(f"[bold red]{result.state.value}[/]: {escape(result.error or '')}")
+        if result.checkpoint_kept:
+            console.print("checkpoint kept: run the same command again to resume")

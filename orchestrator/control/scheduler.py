@@ -1,0 +1,260 @@
+"""The scheduler: accepts submissions, dispatches attempts, and recovers runs from lost nodes.
+
+Several schedulers may run at once. Every recovery decision is taken by an
+atomic Redis script (:mod:`orchestrator.control.liveness`) that only one of them can
+win, and every SQL transition is guarded by the run's epoch, so a node loss
+is resubmitted exactly once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from checkpoints import validate_run_id
+from orchestrator.control.liveness import Expired, LostDispatch
+from orchestrator.control.messages import SubmitMessage, sign
+from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
+from orchestrator.observability.metrics import QUEUES, bounded, gauges, metrics, set_run_counts
+from orchestrator.packages.model import Package
+from orchestrator.packages.validation import parse_package
+from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK
+from orchestrator.runtime.services import Services
+from orchestrator.state.models import NodeState
+from orchestrator.state.states import RunState
+
+log = logging.getLogger(__name__)
+
+GAUGE_INTERVAL = 1.0
+
+
+class Scheduler:
+    """Submission handling, dispatch and the liveness tick (see the module docstring)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self._stop = threading.Event()
+        self._gauges_at = -GAUGE_INTERVAL
+
+    # -- control messages ----------------------------------------------------------------
+
+    def submit(self, payload: Any) -> str | None:
+        """Handle a submission; a refused one is recorded as a failed run with the reason."""
+        run_id = payload.get("run_id") if isinstance(payload, dict) else None
+        try:
+            message = SubmitMessage.model_validate(payload)
+            self._check_signature(payload)
+            package = parse_package(message.package, source=f"submission {message.run_id}")
+            self._check_policy(package)
+        except (ValidationError, InvalidInput, ValueError) as exc:
+            self._refuse(run_id, payload, exc)
+            return None
+        repo = self.services.repository
+        repo.register_package(package)
+        stored = {"values": message.variables, "secrets": message.secrets}
+        max_restarts = (
+            package.max_restarts if package.max_restarts is not None else self.settings.max_restarts
+        )
+        run_id, created = repo.create_run(
+            message.run_id,
+            package,
+            stored,
+            max_restarts=max_restarts,
+            idempotency_key=message.idempotency_key,
+        )
+        if created:
+            metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
+        # A new run needs no read back (one SQL transaction less per submission).
+        if created or ((run := repo.run_row(run_id)).attempt == 0 and run.state is RunState.QUEUED):
+            self.dispatch(run_id)
+        else:
+            log.info("submission of run %s was already recorded; nothing to do", run_id)
+        return run_id
+
+    def _check_signature(self, payload: dict[str, Any]) -> None:
+        key = self.settings.submit_key
+        if key is None:
+            return
+        given = payload.get("signature")
+        if not isinstance(given, str) or not given:
+            raise SubmissionRefused("unsigned submission (ORCHESTRATOR_SUBMIT_KEY is set)")
+        if not hmac.compare_digest(given, sign(payload, key.get_secret_value())):
+            raise SubmissionRefused("bad submission signature")
+
+    def _check_policy(self, package: Package) -> None:
+        roots = self.settings.task_module_roots
+        for task in package.tasks:
+            if task.shell is not None and not self.settings.allow_shell:
+                raise SubmissionRefused(f"task {task.id!r}: shell tasks are not allowed here")
+            if task.python is not None and roots:
+                module = task.python.partition(":")[0]
+                if not any(module == r or module.startswith(r + ".") for r in roots):
+                    raise SubmissionRefused(
+                        f"task {task.id!r}: module {module!r} is outside ORCHESTRATOR_TASK_MODULES"
+                    )
+
+    def _refuse(self, run_id: Any, payload: Any, exc: Exception) -> None:
+        reason = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else "malformed submission"
+        if isinstance(exc, InvalidInput) and not isinstance(exc, SubmissionRefused):
+            reason = str(exc)
+        log.warning("submission %r refused: %s", run_id, reason)
+        metrics().submissions_refused.inc()
+        try:
+            safe_id = validate_run_id(run_id)
+        except ValueError:
+            return  # no usable id: nothing to record a refusal under (the log line says it)
+        definition = payload.get("package") if isinstance(payload, dict) else None
+        name = definition.get("name", "?") if isinstance(definition, dict) else "?"
+        self.services.repository.record_refusal(safe_id, str(name), reason)
+
+    def resume(self, run_id: str) -> None:
+        """Resume a failed or cancelled run from its checkpoint (a manual restart)."""
+        run = self.services.repository.prepare_resume(run_id)
+        self.services.liveness.clear_cancel(run_id)
+        # An ended run's epoch is not rebuilt after Redis lost its data: start above SQL's.
+        self.dispatch(run_id, reason="manual", after=run.epoch)
+        metrics().run_restarts.labels(package=bounded("package", run.package), reason="manual").inc()
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def dispatch(self, run_id: str, *, reason: str | None = None, after: int = 0) -> None:
+        epoch = self.services.liveness.fence_for_dispatch(run_id, after=after)
+        self._send(run_id, epoch, reason=reason)
+
+    def _send(self, run_id: str, epoch: int, *, reason: str | None, lost_at_ms: int | None = None) -> None:
+        dispatch = self.services.repository.record_dispatch(run_id, epoch, reason=reason)
+        if dispatch is None:
+            # The run ended, or a newer dispatch was recorded: its claim deadline is not ours to
+            # drop (an ended run's entry is dropped when it comes due, in _resubmit).
+            return
+        self.services.app.send_task(
+            RUN_TASK,
+            kwargs={
+                "run_id": run_id,
+                "attempt": dispatch.attempt,
+                "epoch": dispatch.epoch,
+                "lost_at_ms": lost_at_ms,
+            },
+            queue=RUN_QUEUE,
+        )
+        log.info("dispatched attempt %d of run %s (epoch %d)", dispatch.attempt, run_id, epoch)
+
+    # -- the liveness tick -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One pass: rebuild after a Redis data loss, recover expired leases and lost dispatches,
+        mark lost nodes. Its cost grows with what expired, not with the number of runs."""
+        liveness = self.services.liveness
+        if not liveness.marker_present():
+            self.rebuild()
+        for run_id in liveness.expired_leases():
+            expired = liveness.fence_expired(run_id)
+            if expired is not None:
+                self._recover(expired)
+        for run_id in liveness.overdue_dispatches():
+            lost = liveness.take_lost_dispatch(run_id)
+            if lost is not None:
+                self._recover_dispatch(lost)
+        for node in liveness.lost_nodes():
+            if liveness.take_lost_node(node):
+                self._node_lost(node)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        """Refresh the state gauges, at most once a second (one SQL count, a few Redis reads)."""
+        now = time.monotonic()
+        if now - self._gauges_at < GAUGE_INTERVAL:
+            return
+        self._gauges_at = now
+        m = gauges()
+        m.worker_nodes_alive.set(len(self.services.liveness.alive_nodes()))
+        for queue in QUEUES:
+            m.queue_depth.labels(queue=queue).set(self.services.liveness.queue_depth(queue))
+        set_run_counts(self.services.repository.count_by_state())
+
+    def rebuild(self) -> None:
+        """Re-create leases and pending claims from SQL (Redis started empty or lost its data)."""
+        liveness = self.services.liveness
+        active = self.services.repository.active_runs()
+        for run in active:
+            liveness.restore_run(run.run_id, run.epoch, run.node or "", run.attempt, running=run.claimed)
+        liveness.set_marker()
+        log.warning("liveness rebuilt from SQL for %d active run(s)", len(active))
+
+    def _recover(self, expired: Expired) -> None:
+        log.warning(
+            "lease of run %s on node %s expired; fenced epoch %d -> %d",
+            expired.run_id,
+            expired.node or "?",
+            expired.old_epoch,
+            expired.epoch,
+        )
+        self._resubmit(
+            expired.run_id,
+            expired.old_epoch,
+            expired.epoch,
+            expired.node,
+            "node_lost",
+            expired.deadline_ms,
+        )
+
+    def _recover_dispatch(self, lost: LostDispatch) -> None:
+        log.warning(
+            "attempt of run %s was never claimed; dispatching again (epoch %d)",
+            lost.run_id,
+            lost.epoch,
+        )
+        self._resubmit(lost.run_id, lost.epoch - 1, lost.epoch, "", "dispatch_lost", lost.deadline_ms)
+
+    def _resubmit(
+        self, run_id: str, old_epoch: int, epoch: int, node: str, reason: str, lost_at_ms: int
+    ) -> None:
+        repo = self.services.repository
+        run = repo.record_lost(run_id, old_epoch, epoch, node, reason=reason)
+        if run is None:
+            self.services.liveness.drop_pending(run_id)
+            return
+        package = bounded("package", run.package)
+        if run.cancel_requested:
+            repo.end_run(run_id, RunState.CANCELLED, "cancelled; checkpoint kept")
+            metrics().runs_finished.labels(package=package, state=RunState.CANCELLED.value).inc()
+        elif run.restarts > run.max_restarts:
+            metrics().runs_finished.labels(package=package, state=RunState.FAILED.value).inc()
+            repo.end_run(
+                run_id,
+                RunState.FAILED,
+                f"gave up after {run.restarts - 1} restart(s): max_restarts ({run.max_restarts}) "
+                f"exhausted ({reason.replace('_', ' ')}); the checkpoint is kept for "
+                "`orchestrator resume`",
+            )
+        else:
+            self._send(run_id, epoch, reason=reason, lost_at_ms=lost_at_ms)
+            metrics().run_restarts.labels(package=package, reason=reason).inc()
+            return
+        self.services.liveness.drop_pending(run_id)
+
+    def _node_lost(self, node: str) -> None:
+        log.warning("node %s stopped sending heartbeats: marked lost", node)
+        metrics().node_loss_detected.inc()
+        self.services.repository.set_node_state(node, NodeState.LOST)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Tick until :meth:`stop`; a failing tick is logged with its traceback and retried."""
+        while not self._stop.wait(self.settings.scheduler_tick):
+            try:
+                self.tick()
+            except (OrchestratorError, OSError, ConnectionError) as exc:
+                log.error("scheduler tick failed (retrying): %s", exc)
+            except Exception:
+                log.exception("scheduler tick failed (retrying)")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,182 @@
+"""The package model: a DAG of tasks plus typed variables.
+
+Build one from YAML or JSON (:func:`~orchestrator.packages.validation.load_package`),
+from a mapping (:func:`~orchestrator.packages.validation.parse_package`) or from
+Python (:class:`~orchestrator.packages.builder.PackageBuilder`); all three go
+through the same validation, which reports every problem at once with the path
+of the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.packages.graph import graph_issues
+from orchestrator.packages.kinds import CheckpointUsage, VariableType
+from orchestrator.packages.templating import EXPRESSION
+
+PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
+VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+PythonTarget = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"),
+]
+ForeachItem = str | int | float | bool
+# Strict scalars: without them pydantic reads `max_restarts: true` as 1 and
+# `save: "no"` as False, so a mistyped package would validate silently.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]  # accepts an int, refuses a bool or a string
+StrictBool = Annotated[bool, Strict()]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Variable(_Strict):
+    """A package variable. Without ``default`` it must be given when the run starts."""
+
+    type: VariableType = VariableType.STR
+    default: Any = None
+    sensitive: StrictBool = False
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        # Not "default" absent from the fields set: a dumped definition (the submission, the
+        # SQL copy workers load) says ``default: null``, and no type accepts None anyway.
+        return self.default is None
+
+    @model_validator(mode="after")
+    def _default_has_type(self) -> Self:
+        if not self.required and not self.type.accepts(self.default):
+            raise ValueError(f"default {self.default!r} is not of type {self.type.value}")
+        return self
+
+
+class CheckpointSettings(_Strict):
+    usage: CheckpointUsage = CheckpointUsage.IF_EXISTS
+    save: StrictBool = True
+
+
+class Task(_Strict):
+    """One unit of work: a Python callable (``module:function``) or a shell command."""
+
+    id: TaskId
+    python: PythonTarget | None = None
+    shell: str | None = None
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    retries: StrictInt = Field(default=0, ge=0, le=100)
+    retry_delay: StrictFloat = Field(default=0.0, ge=0, le=3600)
+    timeout: StrictFloat | None = Field(default=None, gt=0)
+    foreach: Any = None
+    depends_on: list[TaskId] = Field(default_factory=list)
+    fail_package_on_failure: StrictBool = True
+    always_rerun: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if self.python is not None and self.shell is not None:
+            raise ValueError("a task has both 'python' and 'shell'; give exactly one")
+        if self.python is None and self.shell is None:
+            raise ValueError("a task needs 'python' (module:function) or 'shell' (a command)")
+        return self
+
+    @field_validator("foreach")
+    @classmethod
+    def _items(cls, value: Any) -> list[ForeachItem] | str | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if EXPRESSION.fullmatch(value.strip()) is None:
+                raise ValueError("foreach is a list of items or one '{{ ... }}' expression giving a list")
+            return value
+        if not isinstance(value, list) or not all(isinstance(i, ForeachItem) for i in value):
+            raise ValueError("foreach is a list of strings, numbers or booleans")
+        if value:
+            counts = Counter(item_key(item) for item in value)
+            duplicates = sorted(key for key, count in counts.items() if count > 1)
+            if duplicates:
+                raise ValueError(f"foreach items must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return "python" if self.python is not None else "shell"
+
+
+class Package(_Strict):
+    """A validated package definition. Build one with :func:`parse_package`, not directly."""
+
+    name: PackageName
+    description: str = ""
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    max_restarts: StrictInt | None = Field(default=None, ge=0, le=1000)
+    variables: dict[VariableName, Variable] = Field(default_factory=dict)
+    tasks: list[Task] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _graph(self, info: ValidationInfo) -> Self:
+        # parse_package runs the graph checks itself (on raw data, so that they
+        # are reported together with field errors); direct construction gets them here.
+        if not (info.context or {}).get("graph_checked"):
+            issues = graph_issues(self.model_dump(mode="json"))
+            if issues:
+                raise ValueError("; ".join(str(issue) for issue in issues))
+        return self
+
+    def task(self, task_id: str) -> Task:
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+    @cached_property
+    def definition_hash(self) -> str:
+        """sha256 of the canonical definition; descriptions do not count.
+
+        Computed once (the executor reads it for every checkpoint): the package is frozen,
+        and :meth:`model_copy` drops the remembered value.
+        """
+        body = json.dumps(self.model_dump(mode="json", exclude=_DESCRIPTIONS), sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("definition_hash", None)  # a changed copy hashes its own definition
+        return copied
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def item_key(item: ForeachItem) -> str:
+    """The stable string form of a foreach item (checkpoint keys, idempotency keys)."""
+    return item if isinstance(item, str) else json.dumps(item)
+
+
+# Only the models' own descriptions: a task *param* named "description" is data
+# and must change the hash.
+_DESCRIPTIONS: Any = {
+    "description": True,
+    "variables": {"__all__": {"description"}},
+    "tasks": {"__all__": {"description"}},
+}

@@ -1,0 +1,193 @@
+"""The SQL state of the orchestrator: runs, their attempts, tasks, events and nodes.
+
+The database is the source of truth for run state and history (checkpoints
+hold progress, Redis only liveness). Every timestamp is a timezone-aware UTC
+``datetime``; lifecycle states are the ``StrEnum``\\ s of
+:mod:`orchestrator.state.states` (plus the two below), stored as plain strings.
+
+The schema is created by the Alembic migrations in
+:mod:`orchestrator.state.migrations`, never by ``metadata.create_all``; a test
+checks that the migrated schema equals this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.types import EnumString, UtcDateTime, utcnow
+
+# Stable constraint names, so migrations can name what they alter or drop.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class AttemptState(StrEnum):
+    """Lifecycle of one attempt (one dispatch of a run to a worker)."""
+
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    FENCED = "fenced"
+
+
+class NodeState(StrEnum):
+    """Liveness of a worker node as last recorded by the scheduler."""
+
+    ALIVE = "alive"
+    LOST = "lost"
+    STOPPED = "stopped"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table; ``Base.metadata`` is the migrations' target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class Package(Base):
+    """A registered package definition; any node can load a run's definition from here."""
+
+    __tablename__ = "packages"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict[str, Any]]
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    """One submitted run of a package.
+
+    ``attempt`` is the number of the current attempt (0 before the first
+    dispatch); ``epoch`` is the fencing token, strictly increasing per run.
+    ``restarts`` counts node-loss resubmissions, bounded by ``max_restarts``.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    package: Mapped[str] = mapped_column(String(64))
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[RunState] = mapped_column(EnumString(RunState), index=True, default=RunState.QUEUED)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    max_restarts: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(128))
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    attempts: Mapped[list[Attempt]] = relationship(
+        back_populates="run", order_by="Attempt.number", passive_deletes=True
+    )
+    tasks: Mapped[list[TaskRun]] = relationship(back_populates="run", passive_deletes=True)
+    events: Mapped[list[Event]] = relationship(
+        back_populates="run", order_by="Event.id", passive_deletes=True
+    )
+
+
+class Attempt(Base):
+    """One dispatch of a run: attempt ``number`` under fencing ``epoch``."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[AttemptState] = mapped_column(EnumString(AttemptState), default=AttemptState.DISPATCHED)
+    dispatched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[Run] = relationship(back_populates="attempts")
+
+
+class TaskRun(Base):
+    """The state of one task of a run, across all its attempts.
+
+    ``attempt`` is the run attempt that last ran the task; ``tries`` counts
+    task-level tries (application retries) in that attempt.
+    """
+
+    __tablename__ = "task_runs"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[TaskState] = mapped_column(EnumString(TaskState), default=TaskState.PENDING)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[Run] = relationship(back_populates="tasks")
+
+
+class Event(Base):
+    """One entry of a run's timeline (``orchestrator events RUN_ID``)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str | None] = mapped_column(String(128))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    run: Mapped[Run] = relationship(back_populates="events")
+
+
+class Node(Base):
+    """A worker node as registered in SQL; its live heartbeat is in Redis."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    state: Mapped[NodeState] = mapped_column(EnumString(NodeState), default=NodeState.ALIVE)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    metrics_port: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)

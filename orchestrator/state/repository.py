@@ -1,0 +1,569 @@
+"""Run state in SQL: every transition of a run, its attempts, tasks and events.
+
+Writes made on behalf of an attempt are *fenced*: they run in a transaction
+that first locks the run row and checks that the run's epoch is still the
+attempt's, raising :class:`~orchestrator.errors.AttemptFenced` otherwise. A zombie
+attempt therefore cannot record a task, an event or an outcome once a newer
+attempt owns the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.errors import AttemptFenced, RunNotFound, RunStateConflict
+from orchestrator.packages.model import Package
+from orchestrator.state.engine import session_factory
+from orchestrator.state.models import Attempt, AttemptState, Event, Node, NodeState, Run, TaskRun
+from orchestrator.state.models import Package as PackageRow
+from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.types import utcnow
+
+DEFINITIONS_CACHED = 256
+ACTIVE = (RunState.QUEUED, RunState.RUNNING, RunState.RECOVERING)
+_ATTEMPT_OUTCOME = {
+    RunState.SUCCEEDED: AttemptState.SUCCEEDED,
+    RunState.FAILED: AttemptState.FAILED,
+    RunState.CANCELLED: AttemptState.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An attempt recorded for sending: the message the scheduler puts on the run queue."""
+
+    run_id: str
+    attempt: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A task (``item`` None) or one foreach item finished, waiting to be recorded."""
+
+    task_id: str
+    item: Any
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    """What the scheduler needs to rebuild a run's liveness after Redis lost its data."""
+
+    run_id: str
+    epoch: int
+    attempt: int
+    node: str | None
+    claimed: bool
+
+
+class Repository:
+    """All SQL reads and writes of the orchestrator, one short transaction each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = session_factory(engine)
+        # A definition never changes under its hash: registered and loaded ones are remembered,
+        # which saves a transaction per submission and per attempt (each holds SQLite's lock).
+        self._definitions: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked_run(self, session: Session, run_id: str) -> Iterator[Run]:
+        run = session.execute(select(Run).where(Run.id == run_id).with_for_update()).scalar_one_or_none()
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        yield run
+
+    @contextlib.contextmanager
+    def fenced(self, run_id: str, epoch: int) -> Iterator[tuple[Session, Run]]:
+        """A transaction on the run, refused unless its epoch is still ``epoch`` and it has not ended."""
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if run.epoch != epoch:
+                raise AttemptFenced(
+                    f"run {run_id!r} is at epoch {run.epoch}; attempt with epoch {epoch} was fenced"
+                )
+            if run.state.finished:
+                # Ended by its attempt (a redelivered message must not run it again) or by the
+                # scheduler (restarts exhausted, cancelled), which fences in Redis only.
+                raise AttemptFenced(f"run {run_id!r} has ended ({run.state.value}); epoch {epoch} is over")
+            yield session, run
+
+    @staticmethod
+    def _event(
+        session: Session,
+        run_id: str,
+        kind: str,
+        *,
+        node: str | None = None,
+        attempt: int | None = None,
+        **detail: Any,
+    ) -> None:
+        session.add(Event(run_id=run_id, kind=kind, node=node, attempt=attempt, detail=detail))
+
+    # -- submission ----------------------------------------------------------------------
+
+    def register_package(self, package: Package) -> None:
+        """Record the definition under its hash (idempotent)."""
+        key = (package.name, package.definition_hash)
+        if key in self._definitions:
+            return
+        definition = package.model_dump(mode="json")
+        with self.sessions.begin() as session:
+            if session.get(PackageRow, key) is None:
+                session.add(PackageRow(name=key[0], definition_hash=key[1], definition=definition))
+        # A concurrent registration of the same definition is fine: the row is identical.
+        self._remember(key, definition)
+
+    def definition(self, name: str, definition_hash: str) -> dict[str, Any]:
+        key = (name, definition_hash)
+        if key not in self._definitions:
+            with self.sessions() as session:
+                row = session.get(PackageRow, key)
+                if row is None:
+                    raise RunNotFound(f"package {name!r} definition {definition_hash[:12]} is not registered")
+                self._remember(key, row.definition)
+        return copy.deepcopy(self._definitions[key])
+
+    def _remember(self, key: tuple[str, str], definition: dict[str, Any]) -> None:
+        if len(self._definitions) >= DEFINITIONS_CACHED:
+            self._definitions.clear()
+        self._definitions[key] = copy.deepcopy(definition)
+
+    def create_run(
+        self,
+        run_id: str,
+        package: Package,
+        variables: Mapping[str, Any],
+        *,
+        max_restarts: int,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Record a submitted run; return ``(run_id, created)``.
+
+        A retried submission (same run id, or same idempotency key) creates
+        nothing and returns the existing run's id.
+        """
+        try:
+            with self.sessions.begin() as session:
+                # Checked in the inserting transaction: one transaction (one SQLite lock) per submission.
+                existing = self._existing_in(session, run_id, idempotency_key)
+                if existing is not None:
+                    return existing, False
+                session.add(
+                    Run(
+                        id=run_id,
+                        package=package.name,
+                        definition_hash=package.definition_hash,
+                        state=RunState.QUEUED,
+                        max_restarts=max_restarts,
+                        variables=dict(variables),
+                        idempotency_key=idempotency_key,
+                    )
+                )
+                session.flush()
+                self._event(session, run_id, "submitted", package=package.name)
+        except IntegrityError:
+            existing = self._existing(run_id, idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        return run_id, True
+
+    def _existing(self, run_id: str, idempotency_key: str | None) -> str | None:
+        with self.sessions() as session:
+            return self._existing_in(session, run_id, idempotency_key)
+
+    @staticmethod
+    def _existing_in(session: Session, run_id: str, idempotency_key: str | None) -> str | None:
+        if session.get(Run, run_id) is not None:
+            return run_id
+        if idempotency_key is None:
+            return None
+        found = session.execute(select(Run.id).where(Run.idempotency_key == idempotency_key))
+        return found.scalar_one_or_none()
+
+    def record_refusal(self, run_id: str, package: str, reason: str) -> None:
+        """A submission refused at the trust boundary: a failed run with the reason, and an event."""
+        with contextlib.suppress(IntegrityError), self.sessions.begin() as session:
+            session.add(
+                Run(
+                    id=run_id,
+                    package=package[:64],
+                    definition_hash="",
+                    state=RunState.FAILED,
+                    max_restarts=0,
+                    variables={},
+                    error=f"submission refused: {reason}",
+                    finished_at=utcnow(),
+                )
+            )
+            session.flush()
+            self._event(session, run_id, "refused", reason=reason)
+
+    # -- dispatch and recovery (scheduler) -----------------------------------------------------
+
+    def record_dispatch(self, run_id: str, epoch: int, *, reason: str | None = None) -> Dispatch | None:
+        """Record a new attempt under ``epoch``; ``None`` if the run has already ended.
+
+        ``reason`` marks a resubmission (node_lost, dispatch_lost, manual).
+        """
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if run.state.finished and reason != "manual":
+                return None
+            if run.epoch >= epoch:
+                return None  # another scheduler already recorded this or a newer epoch
+            previous = session.execute(
+                select(Attempt).where(Attempt.run_id == run_id, Attempt.number == run.attempt)
+            ).scalar_one_or_none()
+            if previous is not None and previous.state in (
+                AttemptState.DISPATCHED,
+                AttemptState.RUNNING,
+            ):
+                previous.state = AttemptState.FENCED if reason == "manual" else AttemptState.LOST
+                previous.ended_at = utcnow()
+            run.attempt += 1
+            run.epoch = epoch
+            if reason is None:
+                run.state = RunState.QUEUED
+            else:
+                run.state = RunState.RECOVERING if reason != "manual" else RunState.QUEUED
+                self._event(session, run_id, "resubmitted", attempt=run.attempt, reason=reason, epoch=epoch)
+            run.error = None
+            run.finished_at = None
+            session.add(Attempt(run_id=run_id, number=run.attempt, epoch=epoch))
+            self._event(session, run_id, "dispatched", attempt=run.attempt, epoch=epoch)
+            return Dispatch(run_id, run.attempt, epoch)
+
+    def record_lost(
+        self, run_id: str, old_epoch: int, new_epoch: int, node: str, *, reason: str
+    ) -> Run | None:
+        """The attempt under ``old_epoch`` was lost and fenced; count the restart.
+
+        Returns the run (with ``restarts`` updated) or ``None`` if it has ended.
+        """
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if run.state.finished:
+                return None
+            attempt = session.execute(
+                select(Attempt).where(Attempt.run_id == run_id, Attempt.epoch == old_epoch)
+            ).scalar_one_or_none()
+            if attempt is not None and attempt.state in (
+                AttemptState.DISPATCHED,
+                AttemptState.RUNNING,
+            ):
+                attempt.state = AttemptState.LOST
+                attempt.ended_at = utcnow()
+            number = attempt.number if attempt is not None else run.attempt
+            if reason == "node_lost":
+                self._event(session, run_id, "node_lost", node=node or None, attempt=number)
+            self._event(session, run_id, "fenced", node=node or None, attempt=number, epoch=new_epoch)
+            if not run.cancel_requested:  # a cancelled run is ended, not restarted
+                run.restarts += 1
+            run.state = RunState.RECOVERING
+            session.flush()
+            session.expunge(run)
+            return run
+
+    def end_run(self, run_id: str, state: RunState, error: str | None) -> None:
+        """End a run from the scheduler (restarts exhausted, cancelled while not running)."""
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if run.state.finished:
+                return
+            run.state, run.error, run.finished_at = state, error, utcnow()
+            for attempt in run.attempts:
+                if attempt.state in (AttemptState.DISPATCHED, AttemptState.RUNNING):
+                    attempt.state, attempt.ended_at = AttemptState.LOST, utcnow()
+            self._event(session, run_id, "finished", state=state.value, error=error)
+
+    def prepare_resume(self, run_id: str) -> Run:
+        """Check that a run may be resumed (failed or cancelled) and clear its cancel flag."""
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if run.state not in (RunState.FAILED, RunState.CANCELLED):
+                raise RunStateConflict(
+                    f"run {run_id!r} is {run.state.value}: only failed or cancelled runs can be resumed"
+                )
+            if not run.definition_hash:
+                raise RunStateConflict(f"run {run_id!r} was refused at submission and cannot be resumed")
+            run.cancel_requested = False
+            run.max_restarts = run.restarts + run.max_restarts
+            self._event(session, run_id, "resume_requested")
+            session.flush()
+            session.expunge(run)
+            return run
+
+    def request_cancel(self, run_id: str) -> Run:
+        with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
+            if not run.state.finished:
+                run.cancel_requested = True
+                self._event(session, run_id, "cancel_requested")
+            session.flush()
+            session.expunge(run)
+            return run
+
+    def active_runs(self) -> list[ActiveRun]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Run.id, Run.epoch, Run.attempt, Run.node, Attempt.state)
+                .join(
+                    Attempt,
+                    (Attempt.run_id == Run.id) & (Attempt.number == Run.attempt),
+                    isouter=True,
+                )
+                .where(Run.state.in_(ACTIVE))
+            ).all()
+        return [ActiveRun(r[0], r[1], r[2], r[3], r[4] is AttemptState.RUNNING) for r in rows]
+
+    # -- attempts (workers) -----------------------------------------------------------------
+
+    def run_row(self, run_id: str) -> Run:
+        with self.sessions() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            session.expunge(run)
+            return run
+
+    def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> None:
+        with self.fenced(run_id, epoch) as (session, run):
+            now = utcnow()
+            run.state, run.node = RunState.RUNNING, node
+            run.started_at = run.started_at or now
+            session.execute(
+                update(Attempt)
+                .where(Attempt.run_id == run_id, Attempt.number == attempt)
+                .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
+            )
+            self._event(session, run_id, "claimed", node=node, attempt=attempt, epoch=epoch)
+
+    def record_resumed(self, run_id: str, epoch: int, attempt: int, node: str, skipped: list[str]) -> None:
+        with self.fenced(run_id, epoch) as (session, _):
+            self._event(
+                session,
+                run_id,
+                "resumed",
+                node=node,
+                attempt=attempt,
+                skipped=len(skipped),
+                tasks=skipped,
+            )
+            for task_id in skipped:
+                row = session.get(TaskRun, (run_id, task_id))
+                if row is None:
+                    session.add(
+                        TaskRun(
+                            run_id=run_id,
+                            task_id=task_id,
+                            state=TaskState.SUCCEEDED,
+                            attempt=attempt,
+                        )
+                    )
+
+    def task_started(self, run_id: str, epoch: int, attempt: int, task_id: str, try_number: int) -> None:
+        with self.fenced(run_id, epoch) as (session, _):
+            row = session.get(TaskRun, (run_id, task_id))
+            if row is None:
+                row = TaskRun(run_id=run_id, task_id=task_id)
+                session.add(row)
+            row.state, row.attempt, row.tries = TaskState.RUNNING, attempt, try_number
+            row.started_at, row.finished_at, row.error = utcnow(), None, None
+
+    def task_finished(
+        self,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        node: str,
+        task_id: str,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        with self.fenced(run_id, epoch) as (session, _):
+            self._task_finished(session, run_id, attempt, node, task_id, state, seconds, error)
+
+    def _task_finished(
+        self,
+        session: Session,
+        run_id: str,
+        attempt: int,
+        node: str,
+        task_id: str,
+        state: TaskState,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        row = session.get(TaskRun, (run_id, task_id))
+        if row is None:
+            row = TaskRun(run_id=run_id, task_id=task_id, attempt=attempt)
+            session.add(row)
+        row.state, row.error, row.finished_at = state, error, utcnow()
+        row.duration_seconds = seconds
+        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
+        detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
+        if error:
+            detail["error"] = error
+        self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
+
+    def record_completion(
+        self,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        node: str,
+        completion: Completion,
+        checkpoint_bytes: int | None,
+    ) -> None:
+        """A task or foreach item done and the checkpoint that records it: one transaction."""
+        with self.fenced(run_id, epoch) as (session, _):
+            if completion.item is None:
+                self._task_finished(
+                    session,
+                    run_id,
+                    attempt,
+                    node,
+                    completion.task_id,
+                    TaskState.SUCCEEDED,
+                    completion.seconds,
+                    None,
+                )
+            else:
+                self._event(
+                    session,
+                    run_id,
+                    "item_done",
+                    node=node,
+                    attempt=attempt,
+                    task=completion.task_id,
+                    item=completion.item,
+                )
+            if checkpoint_bytes is not None:
+                self._event(
+                    session, run_id, "checkpoint_saved", node=node, attempt=attempt, bytes=checkpoint_bytes
+                )
+
+    def record_event(
+        self, run_id: str, epoch: int, kind: str, node: str, attempt: int, **detail: Any
+    ) -> None:
+        with self.fenced(run_id, epoch) as (session, _):
+            self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
+
+    def finish_attempt(
+        self,
+        run_id: str,
+        epoch: int,
+        attempt: int,
+        node: str,
+        state: RunState,
+        error: str | None,
+        tasks: Mapping[str, TaskState],
+    ) -> None:
+        """Record the attempt's outcome as the run's (fenced)."""
+        with self.fenced(run_id, epoch) as (session, run):
+            now = utcnow()
+            run.state, run.error, run.finished_at = state, error, now
+            session.execute(
+                update(Attempt)
+                .where(Attempt.run_id == run_id, Attempt.number == attempt)
+                .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
+            )
+            for task_id, task_state in tasks.items():
+                row = session.get(TaskRun, (run_id, task_id))
+                if row is None:
+                    session.add(TaskRun(run_id=run_id, task_id=task_id, state=task_state, attempt=attempt))
+                elif (
+                    row.state in (TaskState.PENDING, TaskState.RUNNING) or task_state is not TaskState.PENDING
+                ):
+                    row.state = task_state
+            self._event(
+                session,
+                run_id,
+                "finished",
+                node=node,
+                attempt=attempt,
+                state=state.value,
+                error=error,
+            )
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def register_node(
+        self, name: str, hostname: str, pid: int, concurrency: int, metrics_port: int | None
+    ) -> None:
+        with self.sessions.begin() as session:
+            node = session.get(Node, name)
+            if node is None:
+                node = Node(name=name)
+                session.add(node)
+            node.hostname, node.pid, node.concurrency = hostname, pid, concurrency
+            node.metrics_port, node.state = metrics_port, NodeState.ALIVE
+            node.started_at = node.last_seen = utcnow()
+
+    def set_node_state(self, name: str, state: NodeState) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(Node).where(Node.name == name).values(state=state, last_seen=utcnow()))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_runs(self, state: RunState | None = None, limit: int = 200) -> list[Run]:
+        with self.sessions() as session:
+            query = select(Run).order_by(Run.submitted_at.desc()).limit(limit)
+            if state is not None:
+                query = query.where(Run.state == state)
+            runs = list(session.execute(query).scalars())
+            session.expunge_all()
+            return runs
+
+    def task_states(self, run_id: str) -> dict[str, TaskRun]:
+        with self.sessions() as session:
+            rows = session.execute(select(TaskRun).where(TaskRun.run_id == run_id)).scalars()
+            found = {row.task_id: row for row in rows}
+            session.expunge_all()
+            return found
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        with self.sessions() as session:
+            rows = list(
+                session.execute(
+                    select(Attempt).where(Attempt.run_id == run_id).order_by(Attempt.number)
+                ).scalars()
+            )
+            session.expunge_all()
+            return rows
+
+    def events(self, run_id: str) -> list[Event]:
+        with self.sessions() as session:
+            rows = list(
+                session.execute(select(Event).where(Event.run_id == run_id).order_by(Event.id)).scalars()
+            )
+            session.expunge_all()
+            return rows
+
+    def nodes(self) -> list[Node]:
+        with self.sessions() as session:
+            rows = list(session.execute(select(Node).order_by(Node.name)).scalars())
+            session.expunge_all()
+            return rows
+
+    def count_by_state(self) -> dict[RunState, int]:
+        with self.sessions() as session:
+            rows = session.execute(select(Run.state, func.count()).group_by(Run.state)).all()
+        return {state: count for state, count in rows}
+
+    def running_on(self) -> dict[str, list[str]]:
+        """Node name to the ids of the runs it is running."""
+        with self.sessions() as session:
+            rows = session.execute(select(Run.node, Run.id).where(Run.state == RunState.RUNNING)).all()
+        found: dict[str, list[str]] = {}
+        for node, run_id in rows:
+            found.setdefault(node or "", []).append(run_id)
+        return found
