@@ -9,10 +9,12 @@ copy for any external system).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,14 @@ class StaleAttempt(RuntimeError):
     """A newer attempt owns this partition: this one must not write."""
 
 
-def _connect(ctx: TaskContext) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _connect(ctx: TaskContext) -> Iterator[sqlite3.Connection]:
+    """A connection to the sink, closed on exit (transactions are explicit: autocommit mode)."""
     path = Path(ctx.params["database"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    return connection
+    with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        yield connection
 
 
 def _record_execution(connection: sqlite3.Connection, ctx: TaskContext) -> None:
@@ -106,8 +110,7 @@ def load_partition(ctx: TaskContext) -> dict[str, Any]:
         rows = [r for r in csv.DictReader(handle) if r["region"] == region]
     saved = ctx.progress.get() or {"offset": 0}
     offset = int(saved["offset"])
-    connection = _connect(ctx)
-    try:
+    with _connect(ctx) as connection:
         _record_execution(connection, ctx)
         while offset < len(rows):
             batch = rows[offset : offset + batch_size]
@@ -132,8 +135,6 @@ def load_partition(ctx: TaskContext) -> dict[str, Any]:
             ctx.progress.save({"offset": offset})
             if pace:
                 time.sleep(pace)
-    finally:
-        connection.close()
     return {"region": region, "rows": len(rows), "resumed_at": int(saved["offset"])}
 
 

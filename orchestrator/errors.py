@@ -59,6 +59,13 @@ class ClusterUnavailable(OrchestratorError):
     """The broker or the database cannot be reached."""
 
 
+class NoBrokerServer(ClusterUnavailable):
+    """No broker URL is set and no server binary can be found to start an embedded one.
+
+    The CLI exits 2 (nothing ran) with the message, which names every way out.
+    """
+
+
 class ExecutionError(OrchestratorError):
     """Root of the failures raised while a package runs (the rest are in :mod:`workers.errors`)."""
 

@@ -24,7 +24,7 @@ from checkpoints import (
     CheckpointNotFound,
     InvalidIdentifier,
 )
-from orchestrator.errors import InvalidInput, OrchestratorError
+from orchestrator.errors import InvalidInput, NoBrokerServer, OrchestratorError
 from orchestrator.observability.logs import configure_logging
 from orchestrator.runtime.settings import get_settings
 
@@ -57,7 +57,7 @@ def exit_codes() -> Iterator[None]:
     """Turn the orchestrator's errors into a clear message and the documented exit code."""
     try:
         yield
-    except (InvalidInput, InvalidIdentifier, CheckpointMismatch, CheckpointNotFound) as exc:
+    except (InvalidInput, NoBrokerServer, InvalidIdentifier, CheckpointMismatch, CheckpointNotFound) as exc:
         fail(str(exc), EXIT_INVALID)
     except CheckpointCorrupt as exc:
         fail(f"checkpoint unusable: {exc}")

