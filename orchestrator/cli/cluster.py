@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from rich.table import Table
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
+from orchestrator.control.views import event_rows, node_rows, run_row
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
 from orchestrator.runtime.services import Services
@@ -151,18 +152,7 @@ def runs(
     """List runs, newest first."""
     with exit_codes():
         found = _services().repository.list_runs(state)
-    rows: list[dict[str, Any]] = [
-        {
-            "run_id": r.id,
-            "package": r.package,
-            "state": r.state.value,
-            "attempt": r.attempt,
-            "restarts": r.restarts,
-            "node": r.node,
-            "submitted_at": r.submitted_at.isoformat(),
-        }
-        for r in found
-    ]
+    rows = [run_row(r) for r in found]
     if json_output:
         _print_json(rows)
         return
@@ -184,19 +174,7 @@ def runs(
 def events(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """The timeline of a run."""
     with exit_codes():
-        services = _services()
-        services.repository.run_row(run_id)
-        found = services.repository.events(run_id)
-    rows: list[dict[str, Any]] = [
-        {
-            "at": e.at.isoformat(),
-            "kind": e.kind,
-            "node": e.node,
-            "attempt": e.attempt,
-            "detail": e.detail,
-        }
-        for e in found
-    ]
+        rows = event_rows(_services().repository, run_id)
     if json_output:
         _print_json(rows)
         return
@@ -236,22 +214,7 @@ def nodes(json_output: JsonOption = False) -> None:
     """Live worker nodes, their runs and last heartbeat."""
     with exit_codes():
         services = _services()
-        alive = services.liveness.alive_nodes()
-        known = {n.name: n for n in services.repository.nodes()}
-        running = services.repository.running_on()
-    rows: list[dict[str, Any]] = []
-    for name in sorted(set(alive) | set(known)):
-        node = known.get(name)
-        rows.append(
-            {
-                "node": name,
-                "state": "alive" if name in alive else (node.state.value if node else "unknown"),
-                "runs": running.get(name, []),
-                "last_heartbeat": _last_heartbeat(alive.get(name), services.settings.lease_ttl)
-                or (node.last_seen.isoformat() if node else None),
-                "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
-            }
-        )
+        rows = node_rows(services.repository, services.liveness, services.settings.lease_ttl)
     if json_output:
         _print_json(rows)
         return
@@ -272,13 +235,6 @@ def nodes(json_output: JsonOption = False) -> None:
 def _clock(iso: str | None) -> str:
     """``HH:MM:SS.mmm`` of an ISO timestamp, ``-`` for none."""
     return datetime.fromisoformat(iso).strftime("%H:%M:%S.%f")[:12] if iso else "-"
-
-
-def _last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:
-    if not info or "deadline_ms" not in info:
-        return None
-    at = datetime.fromtimestamp(info["deadline_ms"] / 1000, UTC) - timedelta(seconds=ttl)
-    return at.isoformat()
 
 
 @app.command()
