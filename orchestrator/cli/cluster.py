@@ -27,6 +27,7 @@ from orchestrator.packages.variables import parse_assignments
 from orchestrator.runtime.services import Services
 from orchestrator.runtime.settings import get_settings
 from orchestrator.state.states import RunState
+from orchestrator.ui.sockets import DEFAULT_PORT
 
 RunIdArgument = Annotated[str, typer.Argument(help="The run id (printed by submit).")]
 
@@ -67,10 +68,16 @@ def worker(
 def up(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker nodes to start.")] = 3,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Runs per node.")] = 2,
+    ui_port: Annotated[
+        int, typer.Option("--ui-port", min=0, max=65535, help="Web UI port (a free one if taken).")
+    ] = DEFAULT_PORT,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the web UI.")] = False,
 ) -> None:
-    """Start a local cluster (embedded Redis, a scheduler, N worker nodes) until Ctrl-C."""
+    """Start a local cluster (embedded Redis, a scheduler, N worker nodes, the web UI) until Ctrl-C."""
     settings = get_settings()
-    cluster = LocalCluster(settings, workers=workers, concurrency=concurrency)
+    cluster = LocalCluster(
+        settings, workers=workers, concurrency=concurrency, ui_port=None if no_ui else ui_port
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with exit_codes():
         try:
@@ -80,6 +87,8 @@ def up(
                 f"[green]local cluster up[/]: scheduler + {workers} worker node(s). "
                 "Submit with `orchestrator submit FILE`; Ctrl-C stops it."
             )
+            if cluster.ui_url:
+                out.print(f"web UI at {cluster.ui_url}", soft_wrap=True)
             while True:  # a lost node is the cluster's business, not a reason to stop it
                 for gone in cluster.exited():
                     err.print(f"[yellow]{gone.name} exited[/] (status {gone.process.returncode})")

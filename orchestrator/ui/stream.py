@@ -7,7 +7,8 @@ id sent; one run's state and task states; the set of live nodes) and sends:
   the SSE id, so a browser that reconnects (``Last-Event-ID``) misses nothing;
 * ``run-state``: the run's state or a task's state changed without an event
   (a task started);
-* ``nodes``: a node came up, was lost or stopped (streams not about one run).
+* ``nodes``: a node came up, was lost or stopped (streams not about one run);
+* ``ready``, once, after the first poll: changes from then on will be sent.
 
 A stream ends by itself after ``seconds`` (default 300, the browser reconnects)
 or when the client goes away. A failure to read is reported to the client as an
@@ -98,6 +99,7 @@ async def changes(request: Request, feed: Feed, seconds: float) -> AsyncIterator
     """The stream's messages until ``seconds`` pass or the client leaves."""
     yield f"retry: {RETRY_MS}\n\n"
     started = quiet = time.monotonic()
+    ready = False
     while time.monotonic() - started < seconds:
         if await request.is_disconnected():
             return
@@ -109,6 +111,9 @@ async def changes(request: Request, feed: Feed, seconds: float) -> AsyncIterator
             return
         for text in sent:
             yield text
+        if not ready:
+            yield message("ready", {"after": feed.last_id})
+            ready = True
         now = time.monotonic()
         if sent:
             quiet = now
