@@ -3,6 +3,10 @@
 Progress of a foreach task is the number of distinct items recorded done
 (``item_done`` events, across attempts: items finished before a node loss are
 skipped on resume, not done again) out of its items when the package lists them.
+A foreach task is recorded in SQL only when it ends (its items are recorded one
+by one), so while its run is active a pending foreach task with items done is
+shown as running.
+
 Progress of a copy task is the newest ``copy_progress`` event of the task, whose
 detail carries ``rows`` and, when known, ``total``; a package without such
 tasks shows none.
@@ -91,7 +95,7 @@ def progress_texts(
 def _task_lines(
     definition: Sequence[Mapping[str, Any]],
     rows: Mapping[str, TaskRun],
-    status: Mapping[str, Any],
+    states: Mapping[str, str],
     progress: Mapping[str, str],
 ) -> list[TaskLine]:
     order = [t["id"] for t in definition] + sorted(set(rows) - {t["id"] for t in definition})
@@ -101,7 +105,7 @@ def _task_lines(
         lines.append(
             TaskLine(
                 id=task_id,
-                state=status["tasks"].get(task_id, TaskState.PENDING.value),
+                state=states.get(task_id, TaskState.PENDING.value),
                 attempt=row.attempt if row else None,
                 tries=row.tries if row else None,
                 seconds=row.duration_seconds if row else None,
@@ -122,6 +126,21 @@ def dependencies(task: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def shown_states(
+    definition: Sequence[Mapping[str, Any]], status: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Task states as the page shows them: the recorded ones, a foreach under way as running."""
+    states: dict[str, str] = dict(status["tasks"])
+    if RunState(status["state"]).finished:
+        return states
+    started = {str((e.get("detail") or {}).get("task")) for e in events if e["kind"] == "item_done"}
+    for task in definition:
+        task_id = task["id"]
+        if task.get("foreach") is not None and task_id in started and states.get(task_id) == "pending":
+            states[task_id] = TaskState.RUNNING.value
+    return states
+
+
 def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
     """The run page of ``run_id``; :class:`~orchestrator.errors.RunNotFound` if there is no such run."""
     reader = ctx.reader
@@ -131,12 +150,11 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
     if run.definition_hash:
         definition = reader.definition(run.package, run.definition_hash)["tasks"]
     events = [event_row(e) for e in reader.events(run_id)]
-    progress = progress_texts(definition, events, status["tasks"])
+    states = shown_states(definition, status, events)
+    progress = progress_texts(definition, events, states)
     graph = render_svg(
         [
-            GraphTask(
-                t["id"], dependencies(t), status["tasks"].get(t["id"], "pending"), progress.get(t["id"])
-            )
+            GraphTask(t["id"], dependencies(t), states.get(t["id"], "pending"), progress.get(t["id"]))
             for t in definition
         ]
     )
@@ -145,7 +163,7 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
         status=status,
         duration=duration_seconds(run),
         graph=graph,
-        tasks=_task_lines(definition, reader.task_states(run_id), status, progress),
+        tasks=_task_lines(definition, reader.task_states(run_id), states, progress),
         timeline=group_by_attempt(reader.attempts(run_id), events),
         last_event_id=max((e["id"] for e in events), default=0),
         can_cancel=not state.finished,

@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from orchestrator.errors import ClusterUnavailable
 from orchestrator.state.listing import Cursor
-from orchestrator.ui.detail import dependencies, progress_texts
+from orchestrator.ui.detail import dependencies, progress_texts, shown_states
 from orchestrator.ui.graph import NODE_H, NODE_W, GraphTask, layers_of, render_svg
 from orchestrator.ui.query import RunQuery
 from orchestrator.ui.security import CSRF_HEADER, SESSION_COOKIE, Guard, Refused, safe_next
@@ -334,3 +334,13 @@ def test_a_taken_port_is_an_error_or_with_fallback_another_free_port() -> None:
         other = bind("127.0.0.1", port, fallback=True)
         with other:
             assert other.getsockname()[1] not in (port, 0)
+
+
+def test_a_foreach_under_way_shows_running_while_its_run_is_active() -> None:
+    definition = [{"id": "load", "foreach": ["eu", "us"]}, {"id": "next"}]
+    events = [event(1, "item_done", 1, task="load", item="eu")]
+    active = {"state": "running", "tasks": {"load": "pending", "next": "pending"}}
+    assert shown_states(definition, active, events) == {"load": "running", "next": "pending"}
+    assert shown_states(definition, active, []) == {"load": "pending", "next": "pending"}
+    ended = {"state": "cancelled", "tasks": {"load": "pending", "next": "pending"}}
+    assert shown_states(definition, ended, events) == ended["tasks"]
