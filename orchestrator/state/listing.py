@@ -88,10 +88,12 @@ class RunPage:
 
 
 def _seek(cursor: Cursor, *, older: bool) -> ColumnElement[bool]:
+    # The bare bound on submitted_at lets the index seek straight to the cursor; the OR alone
+    # would be read row by row from the top of the list.
     at, run_id = cursor.submitted_at, cursor.run_id
     if older:
-        return or_(Run.submitted_at < at, and_(Run.submitted_at == at, Run.id < run_id))
-    return or_(Run.submitted_at > at, and_(Run.submitted_at == at, Run.id > run_id))
+        return and_(Run.submitted_at <= at, or_(Run.submitted_at < at, Run.id < run_id))
+    return and_(Run.submitted_at >= at, or_(Run.submitted_at > at, Run.id > run_id))
 
 
 class RunListing:
