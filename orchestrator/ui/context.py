@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from orchestrator.control.client import Client
 from orchestrator.runtime.services import Services
@@ -19,13 +20,15 @@ class UiContext:
     ``reader`` and ``listing`` read through an engine that never takes SQLite's write
     lock, so an open page polling for changes never slows the scheduler or the workers.
     Actions (cancel, resume) go through :class:`~orchestrator.control.client.Client` on
-    ``services``, as the CLI's do.
+    ``services``, as the CLI's do. ``stopping`` is set when the server begins to stop:
+    open streams end at their next poll.
     """
 
     services: Services
     reader: Repository
     listing: RunListing
     guard: Guard
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def open(cls, services: Services, *, read_only: bool = False) -> UiContext:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -26,6 +30,36 @@ def allowed_hosts(host: str) -> list[str] | None:
     return list(LOOPBACK_HOSTS) if loopback else None
 
 
+class _Server(uvicorn.Server):
+    """Tells the UI's streams to end as soon as a stop is asked, so the shutdown is not held up."""
+
+    def __init__(self, config: uvicorn.Config, ctx: UiContext) -> None:
+        super().__init__(config)
+        self.ctx = ctx
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.ctx.stopping.set()
+        super().handle_exit(sig, frame)
+
+
+@contextlib.contextmanager
+def _stop_quietly() -> Iterator[None]:
+    """While serving, uvicorn handles SIGINT and SIGTERM; it raises them again once it has stopped.
+
+    They then find these handlers, which do nothing: a stop that was asked for ends the
+    command normally (exit 0), without a KeyboardInterrupt or a death by signal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(
     services: Services,
     sock: socket.socket,
@@ -44,11 +78,12 @@ def serve(
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, ctx)
     if ready is not None:
         ready(address(sock))
     try:
-        server.run(sockets=[sock])
+        with _stop_quietly():
+            server.run(sockets=[sock])
     finally:
         ctx.close()
         sock.close()

@@ -10,9 +10,10 @@ id sent; one run's state and task states; the set of live nodes) and sends:
 * ``nodes``: a node came up, was lost or stopped (streams not about one run);
 * ``ready``, once, after the first poll: changes from then on will be sent.
 
-A stream ends by itself after ``seconds`` (default 300, the browser reconnects)
-or when the client goes away. A failure to read is reported to the client as an
-``error`` message and logged, and the stream ends (the browser retries).
+A stream ends by itself after ``seconds`` (default 300, the browser reconnects),
+when the client goes away, or when the server begins to stop. A failure to read
+is reported to the client as an ``error`` message and logged, and the stream
+ends (the browser retries).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ async def changes(request: Request, feed: Feed, seconds: float) -> AsyncIterator
     yield f"retry: {RETRY_MS}\n\n"
     started = quiet = time.monotonic()
     ready = False
-    while time.monotonic() - started < seconds:
+    while time.monotonic() - started < seconds and not feed.ctx.stopping.is_set():
         if await request.is_disconnected():
             return
         try:
