@@ -4,8 +4,9 @@ Each attempt is one group: where it was claimed, what its tasks did, whether
 its node was lost and it was fenced, and how it ended. The resubmission that
 starts an attempt opens its group, so the story reads top to bottom; events of
 no attempt (the submission, a cancel request) join the group they happened in.
-Checkpoint saves are counted per attempt rather than listed (a foreach of a
-thousand items saves a thousand times), so retries never drown the story.
+Checkpoint saves are counted per attempt rather than listed, and the items a
+foreach task finished in one attempt make one line (a foreach of a thousand
+items saves a thousand times), so neither retries nor loops drown the story.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Entry:
     text: str
     error: str | None
     alert: bool
+    items: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +88,26 @@ def describe(kind: str, detail: Mapping[str, Any], node: str | None) -> str:
     return f"{kind.replace('_', ' ')} {shown}".strip()
 
 
+def _items_text(task: str, items: Sequence[Any]) -> str:
+    if len(items) == 1:
+        return f"task {task}: item {items[0]} done"
+    shown = ", ".join(map(str, items)) if len(items) <= 4 else f"{items[0]}, {items[1]} … {items[-1]}"
+    return f"task {task}: {len(items)} items done ({shown})"
+
+
+def _add_item(group: AttemptGroup, event: Mapping[str, Any], open_items: dict[str, Entry]) -> None:
+    """Fold an ``item_done`` into its task's line of the attempt (one line per task and attempt)."""
+    task = _task(event.get("detail") or {})
+    entry = open_items.get(task)
+    if entry is None:
+        entry = open_items[task] = _entry(event)
+        group.entries.append(entry)
+    else:
+        entry.at, entry.id = str(event["at"]), int(event["id"])
+    entry.items.append((event.get("detail") or {}).get("item"))
+    entry.text = _items_text(task, entry.items)
+
+
 def _entry(event: Mapping[str, Any]) -> Entry:
     detail = event.get("detail") or {}
     error = detail.get("error")
@@ -114,6 +136,7 @@ def group_by_attempt(attempts: Sequence[Attempt], events: Sequence[Mapping[str, 
             error=attempt.error,
         )
     current: int | None = None
+    open_items: dict[int | None, dict[str, Entry]] = {}
     for event in events:
         number = event.get("attempt")
         if number is not None:
@@ -121,6 +144,8 @@ def group_by_attempt(attempts: Sequence[Attempt], events: Sequence[Mapping[str, 
         group = groups.setdefault(current, AttemptGroup(current))
         if event["kind"] in COUNTED:
             group.checkpoints += 1
+        elif event["kind"] == "item_done":
+            _add_item(group, event, open_items.setdefault(current, {}))
         else:
             group.entries.append(_entry(event))
     return [

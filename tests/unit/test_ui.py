@@ -344,3 +344,21 @@ def test_a_foreach_under_way_shows_running_while_its_run_is_active() -> None:
     assert shown_states(definition, active, []) == {"load": "pending", "next": "pending"}
     ended = {"state": "cancelled", "tasks": {"load": "pending", "next": "pending"}}
     assert shown_states(definition, ended, events) == ended["tasks"]
+
+
+def test_the_items_of_a_foreach_make_one_line_per_task_and_attempt() -> None:
+    events = [event(1, "dispatched", 1, epoch=1)]
+    events += [event(2 + n, "item_done", 1, "node-1", task="load", item=f"part-{n}") for n in range(1000)]
+    events += [
+        event(1002, "item_done", 1, "node-1", task="other", item=7),
+        event(1003, "node_lost", 1, "node-1"),
+    ]
+    events += [event(1004, "resubmitted", 2, reason="node_lost", epoch=2)]
+    events += [event(1005, "item_done", 2, "node-2", task="load", item="part-1000")]
+    groups = group_by_attempt([attempt(1, "node-1", "lost"), attempt(2, "node-2", "running")], events)
+    assert [g.number for g in groups] == [1, 2]  # no submission event: no submission group
+    first = groups[0].entries
+    assert [e.kind for e in first] == ["dispatched", "item_done", "item_done", "node_lost"]
+    assert first[1].text == "task load: 1000 items done (part-0, part-1 … part-999)" and first[1].id == 1001
+    assert first[2].text == "task other: item 7 done"
+    assert [e.text for e in groups[1].entries][1] == "task load: item part-1000 done"

@@ -59,6 +59,10 @@
   for (const kind of (main.dataset.listen || "run-event").split(" ")) {
     source.addEventListener(kind, schedule);
   }
+  if (main.dataset.every) {
+    // Ages ("3 s ago") change without any event: refresh them now and then.
+    window.setInterval(schedule, Number(main.dataset.every));
+  }
   source.addEventListener("error", (event) => {
     if (event.data) {
       show("error", JSON.parse(event.data).message);
