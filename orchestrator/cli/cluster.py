@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,11 +21,13 @@ from rich.table import Table
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
+from orchestrator.control.views import event_rows, node_rows, run_row
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
 from orchestrator.runtime.services import Services
 from orchestrator.runtime.settings import get_settings
 from orchestrator.state.states import RunState
+from orchestrator.ui.sockets import DEFAULT_PORT
 
 RunIdArgument = Annotated[str, typer.Argument(help="The run id (printed by submit).")]
 
@@ -66,10 +68,16 @@ def worker(
 def up(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker nodes to start.")] = 3,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Runs per node.")] = 2,
+    ui_port: Annotated[
+        int, typer.Option("--ui-port", min=0, max=65535, help="Web UI port (a free one if taken).")
+    ] = DEFAULT_PORT,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the web UI.")] = False,
 ) -> None:
-    """Start a local cluster (embedded Redis, a scheduler, N worker nodes) until Ctrl-C."""
+    """Start a local cluster (embedded Redis, a scheduler, N worker nodes, the web UI) until Ctrl-C."""
     settings = get_settings()
-    cluster = LocalCluster(settings, workers=workers, concurrency=concurrency)
+    cluster = LocalCluster(
+        settings, workers=workers, concurrency=concurrency, ui_port=None if no_ui else ui_port
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with exit_codes():
         try:
@@ -79,6 +87,8 @@ def up(
                 f"[green]local cluster up[/]: scheduler + {workers} worker node(s). "
                 "Submit with `orchestrator submit FILE`; Ctrl-C stops it."
             )
+            if cluster.ui_url:
+                out.print(f"web UI at {cluster.ui_url}", soft_wrap=True)
             while True:  # a lost node is the cluster's business, not a reason to stop it
                 for gone in cluster.exited():
                     err.print(f"[yellow]{gone.name} exited[/] (status {gone.process.returncode})")
@@ -151,18 +161,7 @@ def runs(
     """List runs, newest first."""
     with exit_codes():
         found = _services().repository.list_runs(state)
-    rows: list[dict[str, Any]] = [
-        {
-            "run_id": r.id,
-            "package": r.package,
-            "state": r.state.value,
-            "attempt": r.attempt,
-            "restarts": r.restarts,
-            "node": r.node,
-            "submitted_at": r.submitted_at.isoformat(),
-        }
-        for r in found
-    ]
+    rows = [run_row(r) for r in found]
     if json_output:
         _print_json(rows)
         return
@@ -184,19 +183,7 @@ def runs(
 def events(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """The timeline of a run."""
     with exit_codes():
-        services = _services()
-        services.repository.run_row(run_id)
-        found = services.repository.events(run_id)
-    rows: list[dict[str, Any]] = [
-        {
-            "at": e.at.isoformat(),
-            "kind": e.kind,
-            "node": e.node,
-            "attempt": e.attempt,
-            "detail": e.detail,
-        }
-        for e in found
-    ]
+        rows = event_rows(_services().repository, run_id)
     if json_output:
         _print_json(rows)
         return
@@ -236,22 +223,7 @@ def nodes(json_output: JsonOption = False) -> None:
     """Live worker nodes, their runs and last heartbeat."""
     with exit_codes():
         services = _services()
-        alive = services.liveness.alive_nodes()
-        known = {n.name: n for n in services.repository.nodes()}
-        running = services.repository.running_on()
-    rows: list[dict[str, Any]] = []
-    for name in sorted(set(alive) | set(known)):
-        node = known.get(name)
-        rows.append(
-            {
-                "node": name,
-                "state": "alive" if name in alive else (node.state.value if node else "unknown"),
-                "runs": running.get(name, []),
-                "last_heartbeat": _last_heartbeat(alive.get(name), services.settings.lease_ttl)
-                or (node.last_seen.isoformat() if node else None),
-                "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
-            }
-        )
+        rows = node_rows(services.repository, services.liveness, services.settings.lease_ttl)
     if json_output:
         _print_json(rows)
         return
@@ -272,13 +244,6 @@ def nodes(json_output: JsonOption = False) -> None:
 def _clock(iso: str | None) -> str:
     """``HH:MM:SS.mmm`` of an ISO timestamp, ``-`` for none."""
     return datetime.fromisoformat(iso).strftime("%H:%M:%S.%f")[:12] if iso else "-"
-
-
-def _last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:
-    if not info or "deadline_ms" not in info:
-        return None
-    at = datetime.fromtimestamp(info["deadline_ms"] / 1000, UTC) - timedelta(seconds=ttl)
-    return at.isoformat()
 
 
 @app.command()

@@ -35,6 +35,7 @@ from orchestrator.runtime.services import Services
 from orchestrator.runtime.settings import Settings, get_settings
 from orchestrator.state.models import Event
 from orchestrator.state.states import RunState
+from orchestrator.ui.sockets import DEFAULT_PORT
 
 ROWS = 6000
 PACE = 0.2
@@ -99,6 +100,7 @@ class Demo:
                 "ORCHESTRATOR_METRICS_PORT": "0",
             },
             log_dir=workdir / "logs",
+            ui_port=DEFAULT_PORT,
         )
         self.report = DemoReport()
         self.events: list[Event] = []
@@ -122,6 +124,12 @@ class Demo:
         variables = {"rows": ROWS, "pace": PACE, "workdir": str(self.workdir / "example")}
         self.report.run_id = client.submit(package, variables)
         self.console.print(f"submitted [bold]{self.report.run_id}[/] ({ROWS} orders, three regions)")
+        if self.cluster.ui_url:
+            self.console.print(
+                f"watch it in the web UI: {self.cluster.ui_url}runs/{self.report.run_id} "
+                "(it stops with the demo)",
+                soft_wrap=True,
+            )
         deadline = time.monotonic() + TIMEOUT
         live = Live(console=self.console, refresh_per_second=8, transient=False)
         with live if self.console.is_terminal else _NoLive():

@@ -1,7 +1,7 @@
 """``orchestrator up``: a local cluster of separate processes on one machine.
 
-An embedded Redis (unless ``ORCHESTRATOR_BROKER_URL`` names one), a scheduler
-and N worker nodes, each node in its own process group so that killing a
+An embedded Redis (unless ``ORCHESTRATOR_BROKER_URL`` names one), a scheduler,
+N worker nodes and (with ``ui_port``) the web UI, each node in its own process group so that killing a
 node (``kill -9 -<pgid>``) takes its Celery pool with it, as losing a machine
 would. ``<state_dir>/nodes.json`` lists the processes for tools and tests.
 """
@@ -25,10 +25,12 @@ from orchestrator.control.liveness import Liveness
 from orchestrator.errors import ClusterUnavailable
 from orchestrator.runtime.broker import discover
 from orchestrator.runtime.settings import Settings
+from orchestrator.ui.sockets import address, bind
 
 log = logging.getLogger(__name__)
 
 NODES_FILE = "nodes.json"
+UI_HOST = "127.0.0.1"
 STOP_GRACE = 10.0
 
 
@@ -63,6 +65,8 @@ class LocalCluster:
     broker_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    ui_port: int | None = None
+    ui_url: str | None = None
     _reported: set[str] = field(default_factory=set)
 
     def start(self) -> None:
@@ -85,24 +89,46 @@ class LocalCluster:
             if port is not None:
                 args += ["--metrics-port", str(port)]
             self.members.append(self._spawn(name, "worker", args, port))
+        if self.ui_port is not None:
+            self._start_ui(self.ui_port)
         self._write_nodes_file()
+
+    def _start_ui(self, port: int) -> None:
+        """The web UI on ``port`` or, when it is taken, on a free one (its address in ``ui_url``).
+
+        The socket is bound here and handed over, so the address printed is the one served.
+        """
+        sock = bind(UI_HOST, port, fallback=True)
+        try:
+            self.ui_url = address(sock)
+            fd = sock.fileno()
+            self.members.append(self._spawn("ui", "ui", ["ui", "--fd", str(fd)], None, pass_fds=(fd,)))
+        finally:
+            sock.close()  # the UI process holds its own copy
 
     def _port(self, index: int) -> int | None:
         return None if self.metrics_base_port is None else self.metrics_base_port + index
 
-    def _spawn(self, name: str, role: str, args: list[str], port: int | None) -> Member:
+    def _spawn(
+        self, name: str, role: str, args: list[str], port: int | None, pass_fds: tuple[int, ...] = ()
+    ) -> Member:
         env = {**os.environ, **self.env}
         env["ORCHESTRATOR_BROKER_URL"] = self.broker_url
         if role == "scheduler" and port is not None:
             env["ORCHESTRATOR_METRICS_PORT"] = str(port)
         command = [sys.executable, "-m", "orchestrator", *args]
         if self.log_dir is None:
-            process = subprocess.Popen(command, env=env, start_new_session=True)
+            process = subprocess.Popen(command, env=env, start_new_session=True, pass_fds=pass_fds)
         else:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with (self.log_dir / f"{name}.log").open("ab") as output:
                 process = subprocess.Popen(
-                    command, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+                    command,
+                    env=env,
+                    start_new_session=True,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=pass_fds,
                 )
         log.info("started %s (pid %d)", name, process.pid)
         return Member(name, role, process, port)

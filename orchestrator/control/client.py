@@ -13,12 +13,13 @@ from typing import Any
 
 from checkpoints import SecretBox, validate_run_id
 from orchestrator.control.messages import sign
+from orchestrator.control.views import run_status
 from orchestrator.errors import RunNotFound, RunStateConflict
 from orchestrator.packages.model import Package
 from orchestrator.packages.variables import missing_required, resolve
 from orchestrator.runtime.broker import CONTROL_QUEUE, RESUME_TASK, SUBMIT_TASK
 from orchestrator.runtime.services import Services
-from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.states import RunState
 
 POLL_INTERVAL = 0.2
 
@@ -65,29 +66,8 @@ class Client:
         return run_id
 
     def status(self, run_id: str) -> dict[str, Any]:
-        """The run as ``status --json`` prints it."""
-        repo = self.services.repository
-        run = repo.run_row(run_id)
-        tasks: dict[str, str] = {}
-        if run.definition_hash:
-            definition = repo.definition(run.package, run.definition_hash)
-            tasks = {t["id"]: TaskState.PENDING.value for t in definition["tasks"]}
-        tasks.update({task_id: row.state.value for task_id, row in repo.task_states(run_id).items()})
-        return {
-            "run_id": run.id,
-            "package": run.package,
-            "state": run.state.value,
-            "attempt": run.attempt,
-            "epoch": run.epoch,
-            "restarts": run.restarts,
-            "max_restarts": run.max_restarts,
-            "node": run.node,
-            "tasks": tasks,
-            "error": run.error,
-            "submitted_at": run.submitted_at.isoformat(),
-            "started_at": run.started_at.isoformat() if run.started_at else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        }
+        """The run as ``status --json`` prints it (:func:`~orchestrator.control.views.run_status`)."""
+        return run_status(self.services.repository, run_id)
 
     def wait(self, run_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Poll until the run ends; raise ``TimeoutError`` after ``timeout`` seconds."""

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     submit_key: SecretStr | None = Field(
         default=None, description="HMAC key every submission must be signed with"
     )
+    ui_token: SecretStr | None = Field(
+        default=None,
+        description="token that allows cancel and resume from the web UI; unset: the UI only shows",
+    )
     task_modules: str = Field(
         default="", description="comma-separated import roots python tasks may use; empty: any"
     )
@@ -61,6 +65,10 @@ class Settings(BaseSettings):
 
     def secret(self) -> str | None:
         return self.secret_key.get_secret_value() if self.secret_key else None
+
+    def ui_secret(self) -> str | None:
+        """The web UI's token; an empty value counts as unset."""
+        return self.ui_token.get_secret_value() or None if self.ui_token else None
 
 
 @lru_cache(maxsize=1)

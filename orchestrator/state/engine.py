@@ -75,6 +75,24 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
     return engine
 
 
+def make_reader_engine(url: str | URL, **options: Any) -> Engine:
+    """An engine for reads only, that never takes SQLite's write lock (the web UI's).
+
+    On SQLite its transactions start with a plain (deferred) ``BEGIN`` and its
+    connections are ``query_only``: in WAL mode such a reader sees a consistent
+    snapshot and neither waits for nor blocks the scheduler and the workers. A
+    write through it fails. Other databases get :func:`make_engine`'s engine.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return make_engine(parsed, **options)
+    connect_args = {"timeout": LOCK_TIMEOUT_SECONDS, **options.pop("connect_args", {})}
+    engine = create_engine(parsed, connect_args=connect_args, **options)
+    event.listen(engine, "connect", _configure_sqlite_reader)
+    event.listen(engine, "begin", _begin_deferred)
+    return engine
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to ``engine``; objects stay readable after commit (no expiry)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
@@ -102,6 +120,20 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _configure_sqlite_reader(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # as for writers: the begin hook owns transactions
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {LOCK_TIMEOUT_SECONDS * 1000}")
+        cursor.execute("PRAGMA query_only = ON")
+    finally:
+        cursor.close()
+
+
+def _begin_deferred(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 def _begin_immediate(connection: Any) -> None:

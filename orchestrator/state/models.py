@@ -21,6 +21,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -92,6 +93,13 @@ class Run(Base):
     """
 
     __tablename__ = "runs"
+    # The run list seeks in (submitted_at, id) order, within a state or a package too
+    # (orchestrator.state.listing); migration 0002_run_list creates these.
+    __table_args__ = (
+        Index(None, "submitted_at", "id"),
+        Index(None, "state", "submitted_at", "id"),
+        Index(None, "package", "submitted_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     package: Mapped[str] = mapped_column(String(64))

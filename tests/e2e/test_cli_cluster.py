@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -395,6 +396,14 @@ def test_runs_lists_runs_newest_first_and_filters_by_state(
         "restarts": 0,
         "node": final["node"],
         "submitted_at": final["submitted_at"],
+        "started_at": final["started_at"],
+        "finished_at": final["finished_at"],
+        "duration_seconds": round(
+            (
+                datetime.fromisoformat(final["finished_at"]) - datetime.fromisoformat(final["started_at"])
+            ).total_seconds(),
+            3,
+        ),
     }
     assert by_id[failed.run_id]["state"] == "failed"
     for state, present, absent in [("succeeded", succeeded, failed), ("failed", failed, succeeded)]:
@@ -404,6 +413,25 @@ def test_runs_lists_runs_newest_first_and_filters_by_state(
         assert present.run_id in ids and absent.run_id not in ids
     table = {cells[0]: cells for cells in table_rows(cluster.cli("runs", "--state", "succeeded").stdout)}
     assert table[succeeded.run_id][:6] == [succeeded.run_id, "count", "succeeded", "1", "0", final["node"]]
+
+
+def test_up_serves_the_web_ui_with_the_rows_of_runs_json(cluster: LocalCluster, succeeded: Submitted) -> None:
+    found = wait_until(
+        lambda: re.search(
+            r"^web UI at (http://127\.0\.0\.1:\d+/)$", cluster.output.read_text(), re.MULTILINE
+        ),
+        timeout=30,
+        what=f"up to print the UI's address\n{cluster.tail()}",
+    )
+    with urllib.request.urlopen(found[1] + "api/runs?limit=500", timeout=30) as response:
+        served = json.loads(response.read())
+    cli = {row["run_id"]: row for row in cluster.json("runs")}
+    api = {row["run_id"]: row for row in served["runs"]}
+    assert api.keys() == cli.keys() and api[succeeded.run_id] == cli[succeeded.run_id]
+    assert all(api[run_id].keys() == cli[run_id].keys() for run_id in api)  # a running one's duration grows
+    with urllib.request.urlopen(found[1] + f"runs/{succeeded.run_id}", timeout=30) as response:
+        page = response.read().decode()
+    assert 'data-task="count" data-state="succeeded"' in page and 'data-task="done"' in page
 
 
 def test_events_show_the_timeline_in_order(cluster: LocalCluster, succeeded: Submitted) -> None:

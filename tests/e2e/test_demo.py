@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -24,4 +25,7 @@ def test_demo_survives_the_loss_of_its_node(tmp_path: Path) -> None:
     assert "rows loaded once        │ 6000 of 6000" in out
     assert "finished work repeated  │ none" in out
     assert "killed node-" in out and "resumed" in out
+    assert re.search(
+        r"^watch it in the web UI: http://127\.0\.0\.1:\d+/runs/orders_nightly-", out, re.MULTILINE
+    )
     assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"

@@ -54,16 +54,17 @@ def wait_for_file(path: str, timeout: float = 60.0) -> None:
 
 
 def step(ctx: TaskContext) -> dict[str, Any]:
-    """A generic task: log start, run the hook, optionally hold or fail, log end."""
+    """A generic task: log start, run the hook, optionally hold (one foreach item only, with
+    ``hold_item``) or fail (with ``message``, or a message of its own), log end."""
     record(ctx, "start")
     hook = HOOKS.get(ctx.task_id)
     if hook is not None:
         hook(ctx)
-    if "hold" in ctx.params:
+    if "hold" in ctx.params and ctx.params.get("hold_item", ctx.item) == ctx.item:
         record(ctx, "holding")
         wait_for_file(ctx.params["hold"])
     if ctx.params.get("fail"):
-        raise RuntimeError(f"{ctx.task_id} failed on purpose")
+        raise RuntimeError(ctx.params.get("message") or f"{ctx.task_id} failed on purpose")
     if "add" in ctx.params:
         ctx.vars["counter"] += int(ctx.params["add"])
     record(ctx, "end")

@@ -1,0 +1,125 @@
+"""What the CLI's ``--json`` prints and the web UI's API serves: one builder per kind of row.
+
+``status --json``, ``runs --json``, ``events --json`` and ``nodes --json`` and the API's
+``/api/runs/{run_id}``, ``/api/runs``, ``/api/runs/{run_id}/events`` and ``/api/nodes`` are
+built here, so both show the same fields with the same meaning. Every value is plain JSON
+(timestamps as ISO 8601 strings in UTC).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from orchestrator.control.liveness import Liveness
+from orchestrator.state.models import Event, Run
+from orchestrator.state.repository import Repository
+from orchestrator.state.states import TaskState
+from orchestrator.state.types import utcnow
+
+
+def iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def duration_seconds(run: Run, now: datetime | None = None) -> float | None:
+    """Seconds from the run's start to its end (to ``now`` while it runs); ``None`` before it starts."""
+    if run.started_at is None:
+        return None
+    end = run.finished_at or now or utcnow()
+    return round(max(0.0, (end - run.started_at).total_seconds()), 3)
+
+
+def run_row(run: Run, now: datetime | None = None) -> dict[str, Any]:
+    """One run as ``runs --json`` lists it."""
+    return {
+        "run_id": run.id,
+        "package": run.package,
+        "state": run.state.value,
+        "attempt": run.attempt,
+        "restarts": run.restarts,
+        "node": run.node,
+        "submitted_at": run.submitted_at.isoformat(),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "duration_seconds": duration_seconds(run, now),
+    }
+
+
+def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
+    """The run as ``status --json`` prints it; every task of its package is listed, pending or not.
+
+    Raises :class:`~orchestrator.errors.RunNotFound` for an unknown run id.
+    """
+    run = repository.run_row(run_id)
+    tasks: dict[str, str] = {}
+    if run.definition_hash:
+        definition = repository.definition(run.package, run.definition_hash)
+        tasks = {t["id"]: TaskState.PENDING.value for t in definition["tasks"]}
+    tasks.update({task_id: row.state.value for task_id, row in repository.task_states(run_id).items()})
+    return {
+        "run_id": run.id,
+        "package": run.package,
+        "state": run.state.value,
+        "attempt": run.attempt,
+        "epoch": run.epoch,
+        "restarts": run.restarts,
+        "max_restarts": run.max_restarts,
+        "node": run.node,
+        "tasks": tasks,
+        "error": run.error,
+        "submitted_at": run.submitted_at.isoformat(),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+    }
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    """One entry of a run's timeline as ``events --json`` prints it."""
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "kind": event.kind,
+        "node": event.node,
+        "attempt": event.attempt,
+        "detail": event.detail,
+    }
+
+
+def event_rows(repository: Repository, run_id: str) -> list[dict[str, Any]]:
+    """The timeline of a run; :class:`~orchestrator.errors.RunNotFound` for an unknown run."""
+    repository.run_row(run_id)
+    return [event_row(e) for e in repository.events(run_id)]
+
+
+def node_rows(repository: Repository, liveness: Liveness, lease_ttl: float) -> list[dict[str, Any]]:
+    """Worker nodes as ``nodes --json`` lists them: alive ones from Redis, the others from SQL.
+
+    ``last_heartbeat`` of a live node is derived from its heartbeat deadline in Redis; of a
+    node no longer alive it is the last time SQL saw it.
+    """
+    alive = liveness.alive_nodes()
+    known = {n.name: n for n in repository.nodes()}
+    running = repository.running_on()
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(alive) | set(known)):
+        node = known.get(name)
+        rows.append(
+            {
+                "node": name,
+                "state": "alive" if name in alive else (node.state.value if node else "unknown"),
+                "runs": running.get(name, []),
+                "last_heartbeat": last_heartbeat(alive.get(name), lease_ttl)
+                or (node.last_seen.isoformat() if node else None),
+                "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
+            }
+        )
+    return rows
+
+
+def last_heartbeat(info: dict[str, Any] | None, ttl: float) -> str | None:
+    """When a live node last renewed its heartbeat: its deadline less the lease TTL."""
+    if not info or "deadline_ms" not in info:
+        return None
+    at = datetime.fromtimestamp(info["deadline_ms"] / 1000, UTC) - timedelta(seconds=ttl)
+    return at.isoformat()

@@ -1,0 +1,171 @@
+"""Everything the run page shows about one run, read in a few short transactions.
+
+Progress of a foreach task is the number of distinct items recorded done
+(``item_done`` events, across attempts: items finished before a node loss are
+skipped on resume, not done again) out of its items when the package lists them.
+A foreach task is recorded in SQL only when it ends (its items are recorded one
+by one), so while its run is active a pending foreach task with items done is
+shown as running.
+
+Progress of a copy task is the newest ``copy_progress`` event of the task, whose
+detail carries ``rows`` and, when known, ``total``; a package without such
+tasks shows none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from markupsafe import Markup
+
+from orchestrator.control.views import duration_seconds, event_row, run_status
+from orchestrator.state.models import Run, TaskRun
+from orchestrator.state.states import RunState, TaskState
+from orchestrator.ui.context import UiContext
+from orchestrator.ui.graph import GraphTask, render_svg
+from orchestrator.ui.timeline import AttemptGroup, group_by_attempt
+
+
+@dataclass(frozen=True)
+class TaskLine:
+    """One row of the run page's task table."""
+
+    id: str
+    state: str
+    attempt: int | None
+    tries: int | None
+    seconds: float | None
+    progress: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """The run page's content."""
+
+    status: dict[str, Any]
+    duration: float | None
+    graph: Markup
+    tasks: list[TaskLine]
+    timeline: list[AttemptGroup]
+    last_event_id: int
+    can_cancel: bool
+    can_resume: bool
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def progress_texts(
+    definition: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]], states: Mapping[str, str]
+) -> dict[str, str]:
+    """Per task id: foreach progress ("2 of 3 items") or copy progress ("1,200 of 5,000 rows")."""
+    items: dict[str, set[str]] = {}
+    copies: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        detail = event.get("detail") or {}
+        if event["kind"] == "item_done":
+            items.setdefault(str(detail.get("task")), set()).add(json.dumps(detail.get("item")))
+        elif event["kind"] == "copy_progress":
+            copies[str(detail.get("task"))] = detail
+    found: dict[str, str] = {}
+    for task in definition:
+        task_id, foreach = task["id"], task.get("foreach")
+        done = len(items.get(task_id, ()))
+        if isinstance(foreach, list):
+            found[task_id] = f"{min(done, len(foreach))} of {_count(len(foreach), 'item')}"
+        elif foreach is not None:  # an expression: the count is known once the task has finished
+            found[task_id] = _count(done, "item") + ("" if states.get(task_id) == "succeeded" else " so far")
+        copy = copies.get(task_id)
+        if copy is not None and isinstance(copy.get("rows"), int):
+            total = copy.get("total")
+            rows = (
+                f"{copy['rows']:,} of {_count(total, 'row')}"
+                if isinstance(total, int)
+                else _count(copy["rows"], "row")
+            )
+            found[task_id] = rows
+    return found
+
+
+def _task_lines(
+    definition: Sequence[Mapping[str, Any]],
+    rows: Mapping[str, TaskRun],
+    states: Mapping[str, str],
+    progress: Mapping[str, str],
+) -> list[TaskLine]:
+    order = [t["id"] for t in definition] + sorted(set(rows) - {t["id"] for t in definition})
+    lines = []
+    for task_id in order:
+        row = rows.get(task_id)
+        lines.append(
+            TaskLine(
+                id=task_id,
+                state=states.get(task_id, TaskState.PENDING.value),
+                attempt=row.attempt if row else None,
+                tries=row.tries if row else None,
+                seconds=row.duration_seconds if row else None,
+                progress=progress.get(task_id),
+                error=row.error if row else None,
+            )
+        )
+    return lines
+
+
+def dependencies(task: Mapping[str, Any]) -> list[str]:
+    """The ids a task depends on: plain ids, or ``{task: id, on: ...}`` entries."""
+    found = []
+    for entry in task.get("depends_on") or []:
+        target = entry.get("task") if isinstance(entry, Mapping) else entry
+        if isinstance(target, str):
+            found.append(target)
+    return found
+
+
+def shown_states(
+    definition: Sequence[Mapping[str, Any]], status: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Task states as the page shows them: the recorded ones, a foreach under way as running."""
+    states: dict[str, str] = dict(status["tasks"])
+    if RunState(status["state"]).finished:
+        return states
+    started = {str((e.get("detail") or {}).get("task")) for e in events if e["kind"] == "item_done"}
+    for task in definition:
+        task_id = task["id"]
+        if task.get("foreach") is not None and task_id in started and states.get(task_id) == "pending":
+            states[task_id] = TaskState.RUNNING.value
+    return states
+
+
+def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
+    """The run page of ``run_id``; :class:`~orchestrator.errors.RunNotFound` if there is no such run."""
+    reader = ctx.reader
+    status = run_status(reader, run_id)
+    run: Run = reader.run_row(run_id)
+    definition: list[dict[str, Any]] = []
+    if run.definition_hash:
+        definition = reader.definition(run.package, run.definition_hash)["tasks"]
+    events = [event_row(e) for e in reader.events(run_id)]
+    states = shown_states(definition, status, events)
+    progress = progress_texts(definition, events, states)
+    graph = render_svg(
+        [
+            GraphTask(t["id"], dependencies(t), states.get(t["id"], "pending"), progress.get(t["id"]))
+            for t in definition
+        ]
+    )
+    state = RunState(status["state"])
+    return RunDetail(
+        status=status,
+        duration=duration_seconds(run),
+        graph=graph,
+        tasks=_task_lines(definition, reader.task_states(run_id), states, progress),
+        timeline=group_by_attempt(reader.attempts(run_id), events),
+        last_event_id=max((e["id"] for e in events), default=0),
+        can_cancel=not state.finished,
+        can_resume=state in (RunState.FAILED, RunState.CANCELLED) and bool(run.definition_hash),
+    )
