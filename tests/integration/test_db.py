@@ -40,6 +40,7 @@ from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
 TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes"}
+TABLES |= {"package_versions", "schedules", "maintenance"}
 
 # Run by each child process: wait at a barrier so all children hit the
 # database at the same moment, then upgrade, or bump a counter many times.
