@@ -2,8 +2,11 @@
 
 Any Celery producer can submit: the task ``orchestrator.submit`` on queue
 ``orchestrator.control`` with one keyword argument, ``payload``, holding a
-:class:`SubmitMessage` as JSON. With ``ORCHESTRATOR_SUBMIT_KEY`` set, the
-payload carries ``signature``: :func:`sign` of the rest of it.
+:class:`SubmitMessage` as JSON. ``package`` is either a deployed package's name
+(with ``version``, or the latest version runs) or a whole definition inline
+(refused when ``ORCHESTRATOR_REQUIRE_DEPLOYED`` is set). With
+``ORCHESTRATOR_SUBMIT_KEY`` set, the payload carries ``signature``: :func:`sign`
+of the rest of it. The README shows the message.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class SubmitMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
-    package: dict[str, Any]
+    package: dict[str, Any] | str
+    version: int | None = Field(default=None, ge=1)
     variables: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, max_length=255)
