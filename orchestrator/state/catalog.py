@@ -91,10 +91,8 @@ class Catalog:
             else:
                 row = session.get(PackageVersion, (name, version))
             if row is None:
-                which = "any version" if version is None else f"version {version}"
-                raise PackageNotDeployed(
-                    f"package {name!r} has no deployed {which} (deploy it with `orchestrator deploy FILE`)"
-                )
+                which = "is not deployed" if version is None else f"has no version {version}"
+                raise PackageNotDeployed(f"package {name!r} {which} (deploy with `orchestrator deploy FILE`)")
             return self._deployed(row, self._description(session, row))
 
     def definition(self, deployed: Deployed) -> dict[str, Any]:
