@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from checkpoints import validate_run_id
+from checkpoints import validate_package_name, validate_run_id
 from checkpoints.format import canonical_json
 
 
@@ -38,6 +38,11 @@ class SubmitMessage(BaseModel):
     @classmethod
     def _safe(cls, value: str) -> str:
         return validate_run_id(value)
+
+    @field_validator("package")
+    @classmethod
+    def _name(cls, value: dict[str, Any] | str) -> dict[str, Any] | str:
+        return validate_package_name(value) if isinstance(value, str) else value
 
 
 def sign(body: dict[str, Any], key: str) -> str:

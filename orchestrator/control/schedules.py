@@ -102,15 +102,21 @@ class ScheduleRunner:
         if row is None:
             return  # another scheduler holds it, or it was paused or removed meanwhile
         try:
-            for result in SCHEDULE_RESULTS:  # every series exists from 0, so increase() sees the first
-                metrics().schedule_runs.labels(schedule=bounded("schedule", name), result=result)
-            timing = Timing(row.cron, row.every_seconds, row.timezone)
-            cursor = _Cursor(row, timing, row.next_slot_at, row.last_run_id, row.queued_slot_at)
-            if cursor.queued is not None:
-                self._release_queued(cursor)
-            self._advance_slots(cursor)
-        finally:
+            self._evaluate_claimed(row)
+        except Exception:
             self.store.release(name, self.owner)
+            raise
+        # Not in a finally: a scheduler killed mid-fire leaves its claim to expire, and so do we.
+        self.store.release(name, self.owner)
+
+    def _evaluate_claimed(self, row: Schedule) -> None:
+        for result in SCHEDULE_RESULTS:  # every series exists from 0, so increase() sees the first
+            metrics().schedule_runs.labels(schedule=bounded("schedule", row.name), result=result)
+        timing = Timing(row.cron, row.every_seconds, row.timezone)
+        cursor = _Cursor(row, timing, row.next_slot_at, row.last_run_id, row.queued_slot_at)
+        if cursor.queued is not None:
+            self._release_queued(cursor)
+        self._advance_slots(cursor)
 
     # -- the cursor's slots ------------------------------------------------------------------------
 
