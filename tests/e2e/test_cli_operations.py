@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_failover import FAST
-from tests.support.cli import run_cli, write_package
+from tests.support.cli import run_cli, wait_until, write_package
 from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -122,6 +122,22 @@ def test_submit_by_name_runs_the_deployed_version(cluster: Cluster) -> None:
     assert (pinned["state"], pinned["version"]) == ("succeeded", 1)
     assert (latest["state"], latest["version"]) == ("succeeded", 2)
     assert cluster.services.repository.run_row(pinned["run_id"]).variables["values"] == {"n": 3}
+
+    as_json(
+        cluster, "schedule", "add", "daily", "tick", "--cron", "0 3 * * *", "--version", "1", "--var", "n=4"
+    )
+    now = as_json(cluster, "schedule", "run-now", "daily")
+    assert now["run_id"].startswith("daily-now-")
+
+    def succeeded() -> Any:
+        result = cli(cluster, "status", now["run_id"], "--json")  # not found until the scheduler took it
+        return (
+            result.returncode == 0 and (found := json.loads(result.stdout))["state"] == "succeeded" and found
+        )
+
+    final = wait_until(succeeded, timeout=90, what=f"the run-now run to succeed\n{cluster.tail()}")
+    assert final["version"] == 1
+    assert cluster.services.repository.run_row(now["run_id"]).variables["values"] == {"n": 4}
 
     for args, message in [
         (["tick", "--version", "9"], "has no version 9"),
