@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,12 +25,12 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from checkpoints import validate_package_name
-from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, exit_codes, out
+from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, out
 from orchestrator.control.client import Client
 from orchestrator.control.deployed import load_deployed, seal
 from orchestrator.control.retention import Purger
 from orchestrator.control.slots import Timing, parse_duration
-from orchestrator.errors import InvalidInput, ScheduleInvalid
+from orchestrator.errors import ClusterUnavailable, InvalidInput, ScheduleInvalid
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import missing_required, parse_assignments, resolve
 from orchestrator.runtime.services import Services
@@ -391,6 +392,14 @@ def _show(row: Schedule, json_output: bool, *, verb: str | None) -> None:
 # -- purge -----------------------------------------------------------------------------------------
 
 
+def _redis_forget(services: Services) -> tuple[Callable[[list[str]], int] | None, str | None]:
+    """The purged runs' Redis keys go too when a broker is configured or a local cluster runs."""
+    try:
+        return services.liveness.forget, None
+    except ClusterUnavailable as exc:
+        return None, f"note: the purged runs' epoch keys stay in Redis ({exc})"
+
+
 @app.command()
 def purge(
     older_than: Annotated[
@@ -414,7 +423,8 @@ def purge(
         else:
             raise InvalidInput("ORCHESTRATOR_RETENTION_DAYS is 0 (no retention): give --older-than")
         services = _services()
-        purger = Purger(RetentionStore(services.repository.sessions), services.store)
+        forget, note = _redis_forget(services)
+        purger = Purger(RetentionStore(services.repository.sessions), services.store, forget=forget)
         report = purger.purge(age, include_failed=include_failed, dry_run=dry_run)
     if json_output:
         _print_json(report.as_dict())
@@ -428,4 +438,6 @@ def purge(
         )
         if report.errors:
             out.print(f"[red]{report.errors} checkpoint director(ies) could not be removed[/] (see the log)")
+    if note and report.runs and not dry_run:
+        err.print(note)
     raise typer.Exit(EXIT_FAILED if report.errors else EXIT_OK)

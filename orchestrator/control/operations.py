@@ -76,7 +76,8 @@ class Operations:
     def _purge(self, older_than: timedelta, now: datetime) -> None:
         log.info("daily purge: runs finished more than %s ago", older_than)
         try:
-            report = Purger(self.retention, self.services.store).purge(older_than, now=now)
+            purger = Purger(self.retention, self.services.store, forget=self.services.liveness.forget)
+            report = purger.purge(older_than, now=now)
         except Exception:
             log.exception("daily purge failed; the next one is due in a day (or run `orchestrator purge`)")
             self.retention.finish(

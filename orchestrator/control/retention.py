@@ -9,7 +9,8 @@
 * a failed or cancelled run whose checkpoint is kept (for ``orchestrator
   resume``) stays, run and checkpoint, unless ``include_failed``;
 * in batches of :data:`BATCH` runs, one short transaction each, the SQL rows
-  first, then each run's checkpoint directory, fence (epoch file) included.
+  first, then each run's checkpoint directory, fence (epoch file) included,
+  then its epoch key in Redis (when given a ``forget``).
 
 A purge killed between a batch's transaction and its directories leaves those
 directories behind (their runs are gone from SQL, so nothing resumes them).
@@ -18,6 +19,7 @@ directories behind (their runs are gone from SQL, so nothing resumes them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -43,6 +45,7 @@ class PurgeReport:
     tasks: int = 0
     events: int = 0
     checkpoints: int = 0
+    redis_keys: int = 0  # epoch and cancel keys of purged runs
     kept: int = 0  # failed or cancelled runs left for their checkpoint
     errors: int = 0  # checkpoint directories that could not be removed (logged)
 
@@ -53,10 +56,19 @@ class PurgeReport:
 class Purger:
     """Removes old finished runs from SQL and their directories from the checkpoint store."""
 
-    def __init__(self, retention: RetentionStore, store: CheckpointStore, *, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        retention: RetentionStore,
+        store: CheckpointStore,
+        *,
+        batch: int = BATCH,
+        forget: Callable[[list[str]], int] | None = None,
+    ) -> None:
         self.retention = retention
         self.store = store
         self.batch = batch
+        # Removes what Redis keeps of the purged runs (their epoch keys); None: left there.
+        self.forget = forget
 
     def purge(
         self,
@@ -101,6 +113,8 @@ class Purger:
             report.runs += len(counted.runs)
             for package, run_id in counted.runs:
                 report.checkpoints += self._remove_directory(package, run_id, report)
+            if self.forget is not None and counted.runs:
+                report.redis_keys += self.forget([run_id for _, run_id in counted.runs])
             self._count(len(counted.runs), counted.attempts, counted.tasks, counted.events)
         report.attempts += counted.attempts
         report.tasks += counted.tasks

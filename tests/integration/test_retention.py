@@ -117,6 +117,16 @@ def test_active_runs_and_kept_checkpoints_are_never_touched(harness: Harness) ->
     assert harness.store.load("pkg", running) is not None
 
 
+def test_the_purged_runs_epoch_keys_leave_redis(harness: Harness) -> None:
+    done, active = make_run(harness, "done", RunState.SUCCEEDED), make_run(harness, "active", None)
+    age(harness, done)
+    assert harness.liveness.epoch(done) == harness.liveness.epoch(active) == 1
+    forgetting = Purger(RetentionStore(harness.repo.sessions), harness.store, forget=harness.liveness.forget)
+    assert forgetting.purge(timedelta(days=30)).redis_keys == 1
+    assert harness.liveness.epoch(done) == 0
+    assert harness.liveness.epoch(active) == 1, "an active run keeps its fence"
+
+
 def test_a_dry_run_counts_and_deletes_nothing(harness: Harness) -> None:
     for n in range(3):
         age(harness, make_run(harness, f"old-{n}", RunState.SUCCEEDED))
