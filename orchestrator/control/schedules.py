@@ -82,7 +82,8 @@ class ScheduleRunner:
         return max(3 * self.settings.lease_ttl, 2.0)
 
     def clock(self) -> datetime:
-        """The evaluation's time now: the Redis time it started at, plus the time elapsed since."""
+        """The evaluation's time now: the Redis time it started at, plus the time elapsed since
+        (for claims and lag; which slots are due is decided at the tick's time)."""
         return self._now + timedelta(seconds=time.monotonic() - self._started)
 
     def _until(self) -> datetime:
@@ -123,10 +124,11 @@ class ScheduleRunner:
     def _advance_slots(self, cursor: _Cursor) -> None:
         row = cursor.row
         if cursor.at is None:  # new, resumed or re-timed: it starts at its next slot from now
-            self._move(cursor, cursor.timing.next_after(self.clock()))
+            self._move(cursor, cursor.timing.next_after(self._now))
             return
+        # What is due is decided at the tick's time; a slot falling due meanwhile waits for the next.
         todo = plan(
-            cursor.timing, cursor.at, self.clock(), row.catchup, self.settings.schedule_grace, FIRE_LIMIT
+            cursor.timing, cursor.at, self._now, row.catchup, self.settings.schedule_grace, FIRE_LIMIT
         )
         if todo.missed:
             self._count(row.name, "missed", todo.missed)
