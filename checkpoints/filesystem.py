@@ -7,6 +7,9 @@ Layout of one run, under ``<root>/<package>/<run_id>/``::
     epoch                  highest epoch ever recorded for the run (the fence)
     .lock                  flock(2) target serialising writers across processes
 
+The whole directory goes only when the retention purge removes a finished run
+(:meth:`FilesystemCheckpointStore.purge`).
+
 Writes are atomic: temp file, fsync, rename, fsync of the directory. The epoch
 file is raised before the checkpoint it guards is written, so a crash in
 between leaves the fence higher than the data, never lower.
@@ -18,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +104,28 @@ class FilesystemCheckpointStore:
                 with contextlib.suppress(FileNotFoundError):
                     (directory / name).unlink()
             _fsync_dir(directory)
+
+    def purge(self, package: str, run_id: str) -> bool:
+        """Remove the run's directory, epoch file included (see the protocol: finished runs only).
+
+        The lock file goes last, after the rest was removed under it; a directory that is
+        not empty then (something wrote into it meanwhile) raises ``OSError``.
+        """
+        directory = self.run_dir(package, run_id)
+        if not directory.is_dir():
+            return False
+        with self._locked(directory, exclusive=True):
+            for entry in directory.iterdir():
+                if entry.name == LOCK:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+        (directory / LOCK).unlink(missing_ok=True)
+        directory.rmdir()
+        _fsync_dir(directory.parent)
+        return True
 
     def fence(self, package: str, run_id: str, epoch: int) -> int:
         directory = self.run_dir(package, run_id)

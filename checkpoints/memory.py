@@ -61,6 +61,13 @@ class InMemoryCheckpointStore:
             self._check_epoch(key, epoch)
             self._files.pop(key, None)
 
+    def purge(self, package: str, run_id: str) -> bool:
+        """Forget the run, its epoch included (finished runs only, see the protocol)."""
+        key = self._key(package, run_id)
+        with self._lock:
+            found = self._files.pop(key, None) is not None
+            return self._epochs.pop(key, None) is not None or found
+
     def fence(self, package: str, run_id: str, epoch: int) -> int:
         key = self._key(package, run_id)
         with self._lock:

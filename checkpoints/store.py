@@ -39,6 +39,15 @@ class CheckpointStore(Protocol):
         """Remove the run's checkpoint; fenced like :meth:`save`. The epoch record stays."""
         ...
 
+    def purge(self, package: str, run_id: str) -> bool:
+        """Remove everything the store holds for the run, its fence (epoch record) included;
+        return whether there was anything.
+
+        Only for finished runs that nothing will write again (the retention purge): with the
+        fence gone, a write of any epoch would be accepted again.
+        """
+        ...
+
     def fence(self, package: str, run_id: str, epoch: int) -> int:
         """Raise the run's recorded epoch to at least ``epoch``; return the recorded epoch.
 

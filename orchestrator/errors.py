@@ -47,6 +47,14 @@ class SubmissionRefused(InvalidInput):
     """A submission the scheduler will not accept (bad signature, forbidden task kind...)."""
 
 
+class PackageNotDeployed(InvalidInput):
+    """No deployed version of the package (or not the version asked for) is in the catalog."""
+
+
+class ScheduleInvalid(InvalidInput):
+    """A schedule that cannot be recorded: unknown name, bad cron expression, time zone or interval."""
+
+
 class RunNotFound(OrchestratorError):
     """No run with that id is recorded."""
 

@@ -6,7 +6,8 @@ Modules: :mod:`~orchestrator.cli.app` (the Typer app, exit codes), :mod:`~orches
 (``validate``, ``run``), :mod:`~orchestrator.cli.cluster` (the cluster commands),
 :mod:`~orchestrator.cli.console` (live progress), :mod:`~orchestrator.cli.localcluster`
 (``orchestrator up``), :mod:`~orchestrator.cli.embedded` (the embedded broker),
-:mod:`~orchestrator.cli.demo`, :mod:`~orchestrator.cli.web` (``orchestrator ui``).
+:mod:`~orchestrator.cli.demo`, :mod:`~orchestrator.cli.web` (``orchestrator ui``),
+:mod:`~orchestrator.cli.operations` (``deploy``, ``schedule``, ``purge``).
 """
 
 # Importing a module registers its commands, in this order in --help.
@@ -14,6 +15,7 @@ Modules: :mod:`~orchestrator.cli.app` (the Typer app, exit codes), :mod:`~orches
 from orchestrator.cli import local  # noqa: F401
 from orchestrator.cli import cluster  # noqa: F401
 from orchestrator.cli import web  # noqa: F401
+from orchestrator.cli import operations  # noqa: F401
 from orchestrator.cli.app import app
 
 # isort: on

@@ -18,10 +18,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from checkpoints import validate_package_name
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
 from orchestrator.control.views import event_rows, node_rows, run_row
+from orchestrator.errors import InvalidInput
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
 from orchestrator.runtime.services import Services
@@ -101,20 +103,35 @@ def up(
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="Package file (YAML or JSON).")],
+    target: Annotated[
+        str, typer.Argument(help="A package file (YAML or JSON), or a deployed package's name.")
+    ],
     var: VarOption = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Of a deployed package [default: the latest].")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end.")] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait at most.")] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="Choose the run id.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Submit a package through the queue; print its run id (with --wait, its final status)."""
+    """Submit a package through the queue; print its run id (with --wait, its final status).
+
+    An existing file is submitted inline; anything else is a deployed package's name.
+    """
     with exit_codes():
-        package = load_package(file)
         client = Client(_services())
-        run_id = client.submit(package, parse_assignments(var or []), run_id=run_id)
+        variables = parse_assignments(var or [])
+        if Path(target).is_file():
+            if version is not None:
+                raise InvalidInput(f"--version is for a deployed package's name; {target!r} is a file")
+            package = load_package(Path(target))
+            name, run_id = package.name, client.submit(package, variables, run_id=run_id)
+        else:
+            name = target
+            run_id = client.submit_deployed(_deployed_name(target), variables, version=version, run_id=run_id)
         if not wait:
-            _print_json({"run_id": run_id, "package": package.name}) if json_output else out.print(run_id)
+            _print_json({"run_id": run_id, "package": name}) if json_output else out.print(run_id)
             return
         err.print(f"submitted {run_id}; waiting for it to end")
         try:
@@ -126,6 +143,13 @@ def submit(
     else:
         _print_status(status)
     raise typer.Exit(EXIT_OK if status["state"] == RunState.SUCCEEDED else EXIT_FAILED)
+
+
+def _deployed_name(target: str) -> str:
+    try:
+        return validate_package_name(target)
+    except ValueError:
+        raise InvalidInput(f"{target!r} is no file, nor a deployed package's name") from None
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The Python client: submit packages through the queue, follow, cancel and resume runs.
+"""The Python client: submit packages (inline or deployed, by name) through the queue, follow,
+cancel and resume runs.
 
 The client makes the run id, so it can return it at once; the idempotency key
 (by default the run id) makes a retried submission create one run only.
@@ -11,7 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from checkpoints import SecretBox, validate_run_id
+from checkpoints import validate_run_id
+from orchestrator.control.deployed import load_deployed, seal
 from orchestrator.control.messages import sign
 from orchestrator.control.views import run_status
 from orchestrator.errors import RunNotFound, RunStateConflict
@@ -19,6 +21,7 @@ from orchestrator.packages.model import Package
 from orchestrator.packages.variables import missing_required, resolve
 from orchestrator.runtime.broker import CONTROL_QUEUE, RESUME_TASK, SUBMIT_TASK
 from orchestrator.runtime.services import Services
+from orchestrator.state.schedules import ScheduleStore
 from orchestrator.state.states import RunState
 
 POLL_INTERVAL = 0.2
@@ -44,26 +47,70 @@ class Client:
         idempotency_key: str | None = None,
     ) -> str:
         """Validate the variables here (bad input never reaches the queue) and send the run."""
+        return self._send(package, package.model_dump(mode="json"), None, variables, run_id, idempotency_key)
+
+    def submit_deployed(
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Submit a deployed package by name: the latest version, or ``version``.
+
+        The variables are checked here against the version the catalog holds
+        now, and the message names that version, so the run is of the version checked.
+        """
+        deployed, package = load_deployed(self.services.repository, name, version)
+        return self._send(package, deployed.name, deployed.version, variables, run_id, idempotency_key)
+
+    def _send(
+        self,
+        package: Package,
+        body_package: dict[str, Any] | str,
+        version: int | None,
+        variables: Mapping[str, Any] | None,
+        run_id: str | None,
+        idempotency_key: str | None,
+    ) -> str:
         run_id = validate_run_id(run_id or new_run_id(package.name))
         values = resolve(package, variables or {})
         missing_required(package, values)  # a new run has no checkpoint to restore them from
-        sensitive = {n for n, v in package.variables.items() if v.sensitive}
-        secret_key = self.settings.secret()
-        encrypted: dict[str, str] = {}
-        if secret_key is not None:
-            box = SecretBox(secret_key)
-            encrypted = {n: box.encrypt(values.pop(n)) for n in sensitive if n in values}
+        stored = seal(package, values, self.settings.secret())
         body: dict[str, Any] = {
             "run_id": run_id,
-            "package": package.model_dump(mode="json"),
-            "variables": values,
-            "secrets": encrypted,
+            "package": body_package,
+            "variables": stored["values"],
+            "secrets": stored["secrets"],
             "idempotency_key": idempotency_key or run_id,
         }
+        if version is not None:
+            body["version"] = version
+        return self._post(body)
+
+    def run_schedule(self, name: str) -> str:
+        """Start a run of schedule ``name``'s package now, with its variables, outside its slots."""
+        row = ScheduleStore(self.services.repository.sessions).get(name)
+        run_id = new_run_id(f"{name[:40]}-now")
+        body: dict[str, Any] = {
+            "run_id": run_id,
+            "package": row.package,
+            "variables": dict(row.variables.get("values", {})),
+            "secrets": dict(row.variables.get("secrets", {})),
+            "idempotency_key": run_id,
+        }
+        if row.version is not None:
+            body["version"] = row.version
+        return self._post(body)
+
+    def _post(self, body: dict[str, Any]) -> str:
+        """Sign (with a submit key) and send a submission; return its run id."""
         if self.settings.submit_key is not None:
             body["signature"] = sign(body, self.settings.submit_key.get_secret_value())
         self.services.app.send_task(SUBMIT_TASK, kwargs={"payload": body}, queue=CONTROL_QUEUE)
-        return run_id
+        return str(body["run_id"])
 
     def status(self, run_id: str) -> dict[str, Any]:
         """The run as ``status --json`` prints it (:func:`~orchestrator.control.views.run_status`)."""

@@ -383,6 +383,17 @@ class Liveness:
         mode = "running" if running else "pending"
         self._restore(self._run_keys(run_id), [run_id, epoch, node, attempt, mode, self.lease_ttl_ms])
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def forget(self, run_ids: list[str]) -> int:
+        """Delete what Redis keeps of purged runs (their epoch and cancel keys); the keys deleted.
+
+        Only for runs that ended long ago and were deleted from SQL: a run's epoch only
+        grows while the run can still be written to.
+        """
+        keys = [self._key(kind, run_id) for run_id in run_ids for kind in ("epoch", "cancel")]
+        return int(self.client.delete(*keys)) if keys else 0
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -2,8 +2,11 @@
 
 Any Celery producer can submit: the task ``orchestrator.submit`` on queue
 ``orchestrator.control`` with one keyword argument, ``payload``, holding a
-:class:`SubmitMessage` as JSON. With ``ORCHESTRATOR_SUBMIT_KEY`` set, the
-payload carries ``signature``: :func:`sign` of the rest of it.
+:class:`SubmitMessage` as JSON. ``package`` is either a deployed package's name
+(with ``version``, or the latest version runs) or a whole definition inline
+(refused when ``ORCHESTRATOR_REQUIRE_DEPLOYED`` is set). With
+``ORCHESTRATOR_SUBMIT_KEY`` set, the payload carries ``signature``: :func:`sign`
+of the rest of it. The README shows the message.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from checkpoints import validate_run_id
+from checkpoints import validate_package_name, validate_run_id
 from checkpoints.format import canonical_json
 
 
@@ -24,7 +27,8 @@ class SubmitMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
-    package: dict[str, Any]
+    package: dict[str, Any] | str
+    version: int | None = Field(default=None, ge=1)
     variables: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, max_length=255)
@@ -34,6 +38,11 @@ class SubmitMessage(BaseModel):
     @classmethod
     def _safe(cls, value: str) -> str:
         return validate_run_id(value)
+
+    @field_validator("package")
+    @classmethod
+    def _name(cls, value: dict[str, Any] | str) -> dict[str, Any] | str:
+        return validate_package_name(value) if isinstance(value, str) else value
 
 
 def sign(body: dict[str, Any], key: str) -> str:

@@ -17,12 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from checkpoints import validate_run_id
+from orchestrator.control.deployed import resolve_submission
 from orchestrator.control.liveness import Expired, LostDispatch
 from orchestrator.control.messages import SubmitMessage, sign
 from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
 from orchestrator.observability.metrics import QUEUES, bounded, gauges, metrics, set_run_counts
 from orchestrator.packages.model import Package
-from orchestrator.packages.validation import parse_package
 from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import NodeState
@@ -47,26 +47,27 @@ class Scheduler:
     def submit(self, payload: Any) -> str | None:
         """Handle a submission; a refused one is recorded as a failed run with the reason."""
         run_id = payload.get("run_id") if isinstance(payload, dict) else None
+        repo = self.services.repository
         try:
             message = SubmitMessage.model_validate(payload)
             self._check_signature(payload)
-            package = parse_package(message.package, source=f"submission {message.run_id}")
+            resolved = resolve_submission(message, repo, self.settings)
+            package = resolved.package
             self._check_policy(package)
         except (ValidationError, InvalidInput, ValueError) as exc:
             self._refuse(run_id, payload, exc)
             return None
-        repo = self.services.repository
         repo.register_package(package)
-        stored = {"values": message.variables, "secrets": message.secrets}
         max_restarts = (
             package.max_restarts if package.max_restarts is not None else self.settings.max_restarts
         )
         run_id, created = repo.create_run(
             message.run_id,
             package,
-            stored,
+            resolved.variables,
             max_restarts=max_restarts,
             idempotency_key=message.idempotency_key,
+            version=resolved.version,
         )
         if created:
             metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
@@ -110,7 +111,8 @@ class Scheduler:
         except ValueError:
             return  # no usable id: nothing to record a refusal under (the log line says it)
         definition = payload.get("package") if isinstance(payload, dict) else None
-        name = definition.get("name", "?") if isinstance(definition, dict) else "?"
+        name = definition.get("name", "?") if isinstance(definition, dict) else definition
+        name = name if isinstance(name, str) else "?"
         self.services.repository.record_refusal(safe_id, str(name), reason)
 
     def resume(self, run_id: str) -> None:

@@ -1,4 +1,5 @@
-"""A scheduler process: the liveness loop in a thread, control messages in the main thread."""
+"""A scheduler process: the liveness loop and the operations loop (schedules, purge) in threads,
+control messages in the main thread."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import threading
 
+from orchestrator.control.operations import Operations
 from orchestrator.control.scheduler import Scheduler
 from orchestrator.control.tasks import register_control_tasks
 from orchestrator.observability.metrics import gauges, serve
@@ -27,6 +29,8 @@ def serve_scheduler(services: Services) -> None:
     register_control_tasks(services.app, scheduler)
     loop = threading.Thread(target=scheduler.run_forever, name="scheduler-tick", daemon=True)
     loop.start()
+    operations = Operations(services, scheduler.submit)  # schedules and the daily purge
+    threading.Thread(target=operations.run_forever, name="scheduler-operations", daemon=True).start()
     log.info(
         "scheduler up (lease TTL %gs, tick %gs)",
         services.settings.lease_ttl,
@@ -46,4 +50,5 @@ def serve_scheduler(services: Services) -> None:
             ]
         )
     finally:
+        operations.stop()
         scheduler.stop()

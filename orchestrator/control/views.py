@@ -60,6 +60,7 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run.id,
         "package": run.package,
+        "version": run.package_version,
         "state": run.state.value,
         "attempt": run.attempt,
         "epoch": run.epoch,

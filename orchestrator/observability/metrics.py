@@ -33,6 +33,9 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600
 _RECOVERY_BUCKETS = (0.5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60, float("inf"))
 _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
 _BYTES_BUCKETS = (512, 2048, 8192, 32768, 131072, 524288, 2097152, 8388608, float("inf"))
+_LAG_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400, float("inf"))
+SCHEDULE_RESULTS = ("fired", "caught_up", "skipped_overlap", "queued", "missed")
+PURGED_KINDS = ("runs", "attempts", "tasks", "events", "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Metrics:
     checkpoint_write_seconds: Histogram
     checkpoint_bytes: Histogram
     submissions_refused: Counter
+    schedule_runs: Counter
+    schedule_lag: Histogram
+    purged: Counter
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,16 @@ def _create(registry: CollectorRegistry) -> Metrics:
         submissions_refused=counter(
             "orchestrator_submissions_refused", "Submissions refused at the trust boundary."
         ),
+        schedule_runs=counter(
+            "orchestrator_schedule_runs", "Schedule slots handled, by result.", ("schedule", "result")
+        ),
+        schedule_lag=histogram(
+            "orchestrator_schedule_lag_seconds",
+            "A schedule's slot time to its run submitted.",
+            (),
+            _LAG_BUCKETS,
+        ),
+        purged=counter("orchestrator_purged", "What the purge removed, by kind.", ("kind",)),
     )
 
 
@@ -116,6 +132,8 @@ def metrics() -> Metrics:
             made = _create(prometheus_client.REGISTRY)
             for result in ("ok", "fenced", "error"):
                 made.checkpoint_writes.labels(result=result)
+            for kind in PURGED_KINDS:
+                made.purged.labels(kind=kind)
             _created.append(made)
         return _created[0]
 

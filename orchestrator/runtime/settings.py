@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     )
     allow_shell: bool = Field(default=True, description="false refuses shell tasks")
     keep_checkpoints: bool = Field(default=False, description="keep a run's checkpoint after it succeeded")
+    require_deployed: bool = Field(
+        default=False, description="refuse inline packages: only deployed packages, submitted by name, run"
+    )
+    retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="the schedulers' daily purge removes runs finished longer ago than this; 0: never",
+    )
+    schedule_grace: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a schedule's slot may fire late and still count as on time (not missed)",
+    )
     log_json: bool = Field(default=False, description="structured JSON log lines")
     log_level: str = Field(default="INFO", description="logging level")
 

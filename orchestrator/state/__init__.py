@@ -4,7 +4,9 @@ Modules: :mod:`~orchestrator.state.states` (run and task states, shared by every
 :mod:`~orchestrator.state.models` (the tables), :mod:`~orchestrator.state.repository`
 (every read and write, fenced by epoch), :mod:`~orchestrator.state.engine`,
 :mod:`~orchestrator.state.migrate` and :mod:`~orchestrator.state.migrations` (the schema,
-applied at start-up), :mod:`~orchestrator.state.types` (column types).
+applied at start-up), :mod:`~orchestrator.state.types` (column types),
+:mod:`~orchestrator.state.catalog` (deployed package versions), :mod:`~orchestrator.state.schedules`
+(schedules and their claims), :mod:`~orchestrator.state.retention` (the purge's batches, the daily claim).
 """
 
 from orchestrator.state.engine import make_engine, normalize_url, session_factory
@@ -14,14 +16,17 @@ from orchestrator.state.models import (
     AttemptState,
     Base,
     Event,
+    Maintenance,
     Node,
     NodeState,
     Package,
+    PackageVersion,
     Run,
+    Schedule,
     TaskRun,
 )
 from orchestrator.state.repository import Repository
-from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.states import CatchUp, Overlap, RunState, TaskState
 from orchestrator.state.types import EnumString, UtcDateTime, utcnow
 
 # Grouped by role, as the house style asks; RUF022 would sort the groups together.
@@ -29,6 +34,9 @@ __all__ = [  # noqa: RUF022
     # lifecycle states
     "RunState",
     "TaskState",
+    # schedule policies
+    "CatchUp",
+    "Overlap",
     # reads and writes
     "Repository",
     # engines and sessions
@@ -45,10 +53,13 @@ __all__ = [  # noqa: RUF022
     "AttemptState",
     "Base",
     "Event",
+    "Maintenance",
     "Node",
     "NodeState",
     "Package",
+    "PackageVersion",
     "Run",
+    "Schedule",
     "TaskRun",
     # column types
     "EnumString",

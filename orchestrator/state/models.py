@@ -1,4 +1,5 @@
-"""The SQL state of the orchestrator: runs, their attempts, tasks, events and nodes.
+"""The SQL state of the orchestrator: runs, their attempts, tasks, events and nodes; the
+package catalog, the schedules and the claims of the schedulers' daily maintenance.
 
 The database is the source of truth for run state and history (checkpoints
 hold progress, Redis only liveness). Every timestamp is a timezone-aware UTC
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -30,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.states import CatchUp, Overlap, RunState, TaskState
 from orchestrator.state.types import EnumString, UtcDateTime, utcnow
 
 # Stable constraint names, so migrations can name what they alter or drop.
@@ -116,8 +118,10 @@ class Run(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The catalog version the run was submitted as (None: an inline package).
+    package_version: Mapped[int | None] = mapped_column(Integer)
 
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="run", order_by="Attempt.number", passive_deletes=True
@@ -199,3 +203,65 @@ class Node(Base):
     metrics_port: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PackageVersion(Base):
+    """One deployed version of a package (``orchestrator deploy FILE``): the catalog.
+
+    Versions count from 1 per package name; the definition itself is the
+    :class:`Package` row of the same name and hash.
+    """
+
+    __tablename__ = "package_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(["name", "definition_hash"], ["packages.name", "packages.definition_hash"]),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    deployed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Schedule(Base):
+    """A schedule: a deployed package run at every slot of a cron expression or an interval.
+
+    ``next_slot_at`` is the cursor: the first slot not yet handled (None until a
+    scheduler sets it from its clock). ``queued_slot_at`` is the one slot waiting for
+    the previous run to end (overlap ``queue``). ``claim_owner``/``claim_until`` is a
+    scheduler's short claim on the schedule while it fires its slots.
+    """
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    package: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int | None] = mapped_column(Integer)
+    cron: Mapped[str | None] = mapped_column(String(128))
+    every_seconds: Mapped[int | None] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    catchup: Mapped[CatchUp] = mapped_column(EnumString(CatchUp), default=CatchUp.LATEST)
+    overlap: Mapped[Overlap] = mapped_column(EnumString(Overlap), default=Overlap.SKIP)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_slot_at: Mapped[datetime | None] = mapped_column(index=True)
+    queued_slot_at: Mapped[datetime | None]
+    last_slot_at: Mapped[datetime | None]
+    last_run_id: Mapped[str | None] = mapped_column(String(128))
+    claim_owner: Mapped[str | None] = mapped_column(String(64))
+    claim_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Maintenance(Base):
+    """A periodic job of the schedulers (the daily purge), claimed by one of them each time it is due."""
+
+    __tablename__ = "maintenance"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    due_at: Mapped[datetime]
+    owner: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -147,11 +147,13 @@ class Repository:
         *,
         max_restarts: int,
         idempotency_key: str | None = None,
+        version: int | None = None,
     ) -> tuple[str, bool]:
         """Record a submitted run; return ``(run_id, created)``.
 
         A retried submission (same run id, or same idempotency key) creates
-        nothing and returns the existing run's id.
+        nothing and returns the existing run's id. ``version`` is the catalog
+        version of a deployed package (None for an inline one).
         """
         try:
             with self.sessions.begin() as session:
@@ -168,10 +170,12 @@ class Repository:
                         max_restarts=max_restarts,
                         variables=dict(variables),
                         idempotency_key=idempotency_key,
+                        package_version=version,
                     )
                 )
                 session.flush()
-                self._event(session, run_id, "submitted", package=package.name)
+                shown: dict[str, Any] = {"version": version} if version is not None else {}
+                self._event(session, run_id, "submitted", package=package.name, **shown)
         except IntegrityError:
             existing = self._existing(run_id, idempotency_key)
             if existing is None:

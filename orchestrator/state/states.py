@@ -1,4 +1,4 @@
-"""Lifecycle states shared by the SQL models, the CLI and the Python API."""
+"""Lifecycle states and schedule policies shared by the SQL models, the CLI and the Python API."""
 
 from __future__ import annotations
 
@@ -25,3 +25,19 @@ class TaskState(StrEnum):
     FAILED = "failed"
     UPSTREAM_FAILED = "upstream_failed"
     CANCELLED = "cancelled"
+
+
+class CatchUp(StrEnum):
+    """What a schedule does with the slots it missed (no scheduler evaluated them in time)."""
+
+    NONE = "none"  # missed slots never run
+    LATEST = "latest"  # the most recent missed slot runs, once
+    ALL = "all"  # every missed slot runs, oldest first
+
+
+class Overlap(StrEnum):
+    """What a schedule does with a slot while its previous run is still active."""
+
+    SKIP = "skip"  # the slot does not run
+    QUEUE = "queue"  # the slot waits for the previous run to end (one slot waits at most)
+    ALLOW = "allow"  # the slot runs alongside

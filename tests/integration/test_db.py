@@ -40,6 +40,7 @@ from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
 TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes"}
+TABLES |= {"package_versions", "schedules", "maintenance"}
 
 # Run by each child process: wait at a barrier so all children hit the
 # database at the same moment, then upgrade, or bump a counter many times.
@@ -363,3 +364,24 @@ def test_deleting_a_run_deletes_its_history(database_engine: Engine) -> None:
     with sessions() as session:
         for model in (Attempt, TaskRun, Event):
             assert session.scalar(select(func.count()).select_from(model)) == 0
+
+
+def test_the_catalog_migration_goes_down_and_up_again(database_engine: Engine) -> None:
+    from alembic import command
+
+    from orchestrator.state.migrate import alembic_config
+
+    with database_engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0001")
+    assert current_revision(database_engine) == "0001"
+    assert set(inspect(database_engine).get_table_names()) == TABLES - {
+        "package_versions",
+        "schedules",
+        "maintenance",
+    } | {"alembic_version"}
+    assert "package_version" not in {c["name"] for c in inspect(database_engine).get_columns("runs")}
+    upgrade(database_engine)
+    assert current_revision(database_engine) == head_revision()
+    with database_engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []

@@ -22,4 +22,7 @@ METRICS = {
     "orchestrator_checkpoint_write_seconds": "histogram",
     "orchestrator_checkpoint_bytes": "histogram",
     "orchestrator_submissions_refused": "counter",
+    "orchestrator_schedule_runs": "counter",
+    "orchestrator_schedule_lag_seconds": "histogram",
+    "orchestrator_purged": "counter",
 }

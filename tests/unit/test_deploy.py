@@ -459,6 +459,7 @@ def check_alerts(root: Path) -> list[str]:
         "histogram_quantile(0.99, sum by (le) (rate(orchestrator_checkpoint_write_seconds_bucket",
         'queue="orchestrator.runs"',
         "histogram_quantile(0.95, sum by (le) (rate(orchestrator_recovery_seconds_bucket",
+        'orchestrator_schedule_runs_total{job="orchestrator-scheduler", result=~"missed|caught_up"}',
     ):
         if needed not in exprs:
             problems.append(f"alerts.yml: no rule uses {needed}")
@@ -490,6 +491,9 @@ REQUIRED_PANELS = {  # what each required panel's queries must contain
     "checkpoint writes by result": ["by (result)", "orchestrator_checkpoint_writes_total"],
     "nodes alive": ["orchestrator_worker_nodes_alive"],
     "queue depth": ["by (queue)", "orchestrator_queue_depth"],
+    "schedule runs by result": ["by (schedule, result)", "orchestrator_schedule_runs_total"],
+    "schedule lag": ["histogram_quantile(0.95, sum by (le) (rate(orchestrator_schedule_lag_seconds_bucket"],
+    "purged by kind": ["by (kind)", "orchestrator_purged_total"],
 }
 
 
@@ -1151,6 +1155,15 @@ SCENARIOS = yaml.safe_load(
   expect:
   - [8, OrchestratorCheckpointWritesSlow, []]
   - [20, OrchestratorCheckpointWritesSlow, [{severity: warning}]]
+- input:   # a scheduler back after downtime counts its missed slots at once (born at 7)
+  - [orchestrator_schedule_runs_total, s, "_x10 7x30", {schedule: nightly, result: missed}]
+  - [orchestrator_schedule_runs_total, s, "0x40", {schedule: nightly, result: fired}]
+  - [orchestrator_schedule_runs_total, s, "0x10 1x30", {schedule: hourly, result: caught_up}]
+  - [orchestrator_schedule_runs_total, s, "0+1x40", {schedule: hourly, result: fired}]
+  expect:
+  - [5, OrchestratorScheduleMissedSlot, []]
+  - [12, OrchestratorScheduleMissedSlot, [{severity: warning, schedule: hourly}, {severity: warning, schedule: nightly}]]
+  - [30, OrchestratorScheduleMissedSlot, []]
 """
 )
 
