@@ -56,6 +56,7 @@ class RunStatus(BaseModel):
 
     run_id: str
     package: str
+    version: int | None = Field(description="the catalog version that runs; null for an inline package")
     state: RunState
     attempt: int
     epoch: int
