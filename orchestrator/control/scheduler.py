@@ -3,7 +3,9 @@
 Several schedulers may run at once. Every recovery decision is taken by an
 atomic Redis script (:mod:`orchestrator.control.liveness`) that only one of them can
 win, and every SQL transition is guarded by the run's epoch, so a node loss
-is resubmitted exactly once.
+is resubmitted exactly once. The tick also writes the workers' event stream
+to SQL (:mod:`orchestrator.control.projection`) and finds crashed nodes by
+their closed connections (:mod:`orchestrator.control.connections`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pydantic import ValidationError
 from checkpoints import validate_run_id
 from orchestrator.control.liveness import Expired, LostDispatch
 from orchestrator.control.messages import SubmitMessage, sign
-from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
+from orchestrator.control.projection import Projector
+from orchestrator.errors import InvalidInput, OrchestratorError, RunNotFound, SubmissionRefused
 from orchestrator.observability.metrics import QUEUES, bounded, gauges, metrics, set_run_counts
 from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
-from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK
+from orchestrator.runtime.broker import RECOVERY_QUEUE, RUN_QUEUE, RUN_TASK
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import NodeState
 from orchestrator.state.states import RunState
@@ -41,6 +44,7 @@ class Scheduler:
         self.settings = services.settings
         self._stop = threading.Event()
         self._gauges_at = -GAUGE_INTERVAL
+        self.projector = Projector(services.events, services.projections, services.liveness.server_ms)
 
     # -- control messages ----------------------------------------------------------------
 
@@ -55,8 +59,17 @@ class Scheduler:
         except (ValidationError, InvalidInput, ValueError) as exc:
             self._refuse(run_id, payload, exc)
             return None
-        repo = self.services.repository
-        repo.register_package(package)
+        self.services.repository.register_package(package)
+        return self._create(message, package)
+
+    def _create(self, message: SubmitMessage, package: Package) -> str:
+        """Record the run and its first dispatch in one transaction, then send the attempt."""
+        repo, liveness = self.services.repository, self.services.liveness
+        epoch = liveness.first_epoch(message.run_id)
+        if epoch is None:  # the run id has an epoch: a redelivered submission, or an earlier try failed
+            if self._recorded(message.run_id):
+                return message.run_id
+            epoch = liveness.fence_for_dispatch(message.run_id)
         stored = {"values": message.variables, "secrets": message.secrets}
         max_restarts = (
             package.max_restarts if package.max_restarts is not None else self.settings.max_restarts
@@ -67,15 +80,27 @@ class Scheduler:
             stored,
             max_restarts=max_restarts,
             idempotency_key=message.idempotency_key,
+            epoch=epoch,
         )
-        if created:
-            metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
-        # A new run needs no read back (one SQL transaction less per submission).
-        if created or ((run := repo.run_row(run_id)).attempt == 0 and run.state is RunState.QUEUED):
+        if not created:  # the same submission under another run id (its idempotency key)
+            liveness.forget_run(message.run_id)
+            log.info("submission of run %s was already recorded as %s; nothing to do", message.run_id, run_id)
+            return run_id
+        metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
+        self._publish(run_id, 1, epoch, queue=RUN_QUEUE)
+        return run_id
+
+    def _recorded(self, run_id: str) -> bool:
+        """Whether SQL has the run (dispatching it if it was recorded but never dispatched)."""
+        try:
+            run = self.services.repository.run_row(run_id)
+        except RunNotFound:
+            return False
+        if run.attempt == 0 and run.state is RunState.QUEUED:
             self.dispatch(run_id)
         else:
             log.info("submission of run %s was already recorded; nothing to do", run_id)
-        return run_id
+        return True
 
     def _check_signature(self, payload: dict[str, Any]) -> None:
         key = self.settings.submit_key
@@ -128,35 +153,60 @@ class Scheduler:
         self._send(run_id, epoch, reason=reason)
 
     def _send(self, run_id: str, epoch: int, *, reason: str | None, lost_at_ms: int | None = None) -> None:
-        dispatch = self.services.repository.record_dispatch(run_id, epoch, reason=reason)
+        repo = self.services.repository
+        dispatch = repo.record_dispatch(run_id, epoch, reason=reason)
+        if dispatch is None and (epoch := self._above_sql(run_id, epoch)):
+            dispatch = repo.record_dispatch(run_id, epoch, reason=reason)
         if dispatch is None:
             # The run ended, or a newer dispatch was recorded: its claim deadline is not ours to
             # drop (an ended run's entry is dropped when it comes due, in _resubmit).
             return
+        # Every attempt after the first continues a run: it goes ahead of runs not started yet.
+        queue = RUN_QUEUE if reason is None else RECOVERY_QUEUE
+        self._publish(run_id, dispatch.attempt, dispatch.epoch, queue=queue, lost_at_ms=lost_at_ms)
+
+    def _above_sql(self, run_id: str, epoch: int) -> int:
+        """A new epoch when Redis is behind SQL (a failover lost recent writes), else 0.
+
+        SQL refused ``epoch`` as already used; if Redis's epoch is not above SQL's either,
+        Redis forgot epochs SQL has seen, and the next one must start above SQL's.
+        """
+        try:
+            run = self.services.repository.run_row(run_id)
+        except RunNotFound:
+            return 0
+        if run.state.finished or run.epoch < epoch or self.services.liveness.epoch(run_id) > run.epoch:
+            return 0
+        log.warning(
+            "run %s: Redis is behind SQL (epoch %d, SQL %d): fencing above SQL", run_id, epoch, run.epoch
+        )
+        return self.services.liveness.fence_for_dispatch(run_id, after=run.epoch)
+
+    def _publish(
+        self, run_id: str, attempt: int, epoch: int, *, queue: str, lost_at_ms: int | None = None
+    ) -> None:
         self.services.app.send_task(
             RUN_TASK,
-            kwargs={
-                "run_id": run_id,
-                "attempt": dispatch.attempt,
-                "epoch": dispatch.epoch,
-                "lost_at_ms": lost_at_ms,
-            },
-            queue=RUN_QUEUE,
+            kwargs={"run_id": run_id, "attempt": attempt, "epoch": epoch, "lost_at_ms": lost_at_ms},
+            queue=queue,
         )
-        log.info("dispatched attempt %d of run %s (epoch %d)", dispatch.attempt, run_id, epoch)
+        log.info("dispatched attempt %d of run %s (epoch %d)", attempt, run_id, epoch)
 
     # -- the liveness tick -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One pass: rebuild after a Redis data loss, recover expired leases and lost dispatches,
+        """One pass: rebuild after a Redis data loss, expire the leases of nodes whose connection
+        closed, recover expired leases, write the event stream to SQL, recover lost dispatches,
         mark lost nodes. Its cost grows with what expired, not with the number of runs."""
         liveness = self.services.liveness
         if not liveness.marker_present():
             self.rebuild()
-        for run_id in liveness.expired_leases():
-            expired = liveness.fence_expired(run_id)
-            if expired is not None:
-                self._recover(expired)
+        self._check_connections()
+        fenced = [found for run_id in liveness.expired_leases() if (found := liveness.fence_expired(run_id))]
+        # Fenced attempts can append nothing more: written now, their last events precede node_lost.
+        self.project()
+        for expired in fenced:
+            self._recover(expired)
         for run_id in liveness.overdue_dispatches():
             lost = liveness.take_lost_dispatch(run_id)
             if lost is not None:
@@ -165,6 +215,20 @@ class Scheduler:
             if liveness.take_lost_node(node):
                 self._node_lost(node)
         self._gauges()
+
+    def _check_connections(self) -> None:
+        """Expire at once the leases of nodes whose Redis connection closed (a crashed node)."""
+        connections = self.services.connections
+        for node, recorded in connections.gone():
+            runs = connections.expire_node(node, recorded)
+            log.warning("node %s closed its connection to Redis: %d run(s) to recover now", node, len(runs))
+
+    def project(self) -> None:
+        """Write the workers' events to SQL (a failure is logged; recovery goes on regardless)."""
+        try:
+            self.projector.run()
+        except Exception:
+            log.exception("writing worker events to SQL failed (they wait in Redis; retrying next tick)")
 
     def _gauges(self) -> None:
         """Refresh the state gauges, at most once a second (one SQL count, a few Redis reads)."""
@@ -216,7 +280,11 @@ class Scheduler:
         self, run_id: str, old_epoch: int, epoch: int, node: str, reason: str, lost_at_ms: int
     ) -> None:
         repo = self.services.repository
-        run = repo.record_lost(run_id, old_epoch, epoch, node, reason=reason)
+        try:
+            run = repo.record_lost(run_id, old_epoch, epoch, node, reason=reason)
+        except RunNotFound:  # a submission whose transaction failed after its first fence
+            log.warning("run %s was never recorded: its claim deadline is dropped", run_id)
+            run = None
         if run is None:
             self.services.liveness.drop_pending(run_id)
             return

@@ -17,6 +17,7 @@ from orchestrator.state.models import (
     Node,
     NodeState,
     Package,
+    Projection,
     Run,
     TaskRun,
 )
@@ -48,6 +49,7 @@ __all__ = [  # noqa: RUF022
     "Node",
     "NodeState",
     "Package",
+    "Projection",
     "Run",
     "TaskRun",
     # column types

@@ -1,17 +1,20 @@
 """Run state in SQL: every transition of a run, its attempts, tasks and events.
 
-Writes made on behalf of an attempt are *fenced*: they run in a transaction
-that first locks the run row and checks that the run's epoch is still the
-attempt's, raising :class:`~orchestrator.errors.AttemptFenced` otherwise. A zombie
-attempt therefore cannot record a task, an event or an outcome once a newer
-attempt owns the run.
+Writes made on behalf of an attempt (its claim and its outcome) are *fenced*:
+they run in a transaction that first locks the run row and checks that the
+run's epoch is still the attempt's, raising
+:class:`~orchestrator.errors.AttemptFenced` otherwise. A zombie attempt
+therefore cannot record a claim or an outcome once a newer attempt owns the
+run. What an attempt reports while it runs (tasks, items, checkpoints) does
+not come here directly: it goes through the event stream, fenced in Redis,
+and is written in batches (:mod:`orchestrator.state.projection`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,8 @@ from orchestrator.packages.model import Package
 from orchestrator.state.engine import session_factory
 from orchestrator.state.models import Attempt, AttemptState, Event, Node, NodeState, Run, TaskRun
 from orchestrator.state.models import Package as PackageRow
+from orchestrator.state.projection import write_records
+from orchestrator.state.records import Record
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.types import utcnow
 
@@ -43,15 +48,6 @@ class Dispatch:
     run_id: str
     attempt: int
     epoch: int
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A task (``item`` None) or one foreach item finished, waiting to be recorded."""
-
-    task_id: str
-    item: Any
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -147,11 +143,13 @@ class Repository:
         *,
         max_restarts: int,
         idempotency_key: str | None = None,
+        epoch: int | None = None,
     ) -> tuple[str, bool]:
         """Record a submitted run; return ``(run_id, created)``.
 
-        A retried submission (same run id, or same idempotency key) creates
-        nothing and returns the existing run's id.
+        With ``epoch``, its first dispatch (attempt 1 under that epoch) is recorded in
+        the same transaction. A retried submission (same run id, or same idempotency
+        key) creates nothing and returns the existing run's id.
         """
         try:
             with self.sessions.begin() as session:
@@ -168,10 +166,15 @@ class Repository:
                         max_restarts=max_restarts,
                         variables=dict(variables),
                         idempotency_key=idempotency_key,
+                        attempt=0 if epoch is None else 1,
+                        epoch=epoch or 0,
                     )
                 )
                 session.flush()
                 self._event(session, run_id, "submitted", package=package.name)
+                if epoch is not None:
+                    session.add(Attempt(run_id=run_id, number=1, epoch=epoch))
+                    self._event(session, run_id, "dispatched", attempt=1, epoch=epoch)
         except IntegrityError:
             existing = self._existing(run_id, idempotency_key)
             if existing is None:
@@ -345,118 +348,6 @@ class Repository:
             )
             self._event(session, run_id, "claimed", node=node, attempt=attempt, epoch=epoch)
 
-    def record_resumed(self, run_id: str, epoch: int, attempt: int, node: str, skipped: list[str]) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._event(
-                session,
-                run_id,
-                "resumed",
-                node=node,
-                attempt=attempt,
-                skipped=len(skipped),
-                tasks=skipped,
-            )
-            for task_id in skipped:
-                row = session.get(TaskRun, (run_id, task_id))
-                if row is None:
-                    session.add(
-                        TaskRun(
-                            run_id=run_id,
-                            task_id=task_id,
-                            state=TaskState.SUCCEEDED,
-                            attempt=attempt,
-                        )
-                    )
-
-    def task_started(self, run_id: str, epoch: int, attempt: int, task_id: str, try_number: int) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            row = session.get(TaskRun, (run_id, task_id))
-            if row is None:
-                row = TaskRun(run_id=run_id, task_id=task_id)
-                session.add(row)
-            row.state, row.attempt, row.tries = TaskState.RUNNING, attempt, try_number
-            row.started_at, row.finished_at, row.error = utcnow(), None, None
-
-    def task_finished(
-        self,
-        run_id: str,
-        epoch: int,
-        attempt: int,
-        node: str,
-        task_id: str,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._task_finished(session, run_id, attempt, node, task_id, state, seconds, error)
-
-    def _task_finished(
-        self,
-        session: Session,
-        run_id: str,
-        attempt: int,
-        node: str,
-        task_id: str,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None:
-        row = session.get(TaskRun, (run_id, task_id))
-        if row is None:
-            row = TaskRun(run_id=run_id, task_id=task_id, attempt=attempt)
-            session.add(row)
-        row.state, row.error, row.finished_at = state, error, utcnow()
-        row.duration_seconds = seconds
-        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
-        detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
-        if error:
-            detail["error"] = error
-        self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
-
-    def record_completion(
-        self,
-        run_id: str,
-        epoch: int,
-        attempt: int,
-        node: str,
-        completion: Completion,
-        checkpoint_bytes: int | None,
-    ) -> None:
-        """A task or foreach item done and the checkpoint that records it: one transaction."""
-        with self.fenced(run_id, epoch) as (session, _):
-            if completion.item is None:
-                self._task_finished(
-                    session,
-                    run_id,
-                    attempt,
-                    node,
-                    completion.task_id,
-                    TaskState.SUCCEEDED,
-                    completion.seconds,
-                    None,
-                )
-            else:
-                self._event(
-                    session,
-                    run_id,
-                    "item_done",
-                    node=node,
-                    attempt=attempt,
-                    task=completion.task_id,
-                    item=completion.item,
-                )
-            if checkpoint_bytes is not None:
-                self._event(
-                    session, run_id, "checkpoint_saved", node=node, attempt=attempt, bytes=checkpoint_bytes
-                )
-
-    def record_event(
-        self, run_id: str, epoch: int, kind: str, node: str, attempt: int, **detail: Any
-    ) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
-
     def finish_attempt(
         self,
         run_id: str,
@@ -466,9 +357,16 @@ class Repository:
         state: RunState,
         error: str | None,
         tasks: Mapping[str, TaskState],
+        records: Sequence[Record] = (),
     ) -> None:
-        """Record the attempt's outcome as the run's (fenced)."""
+        """Record the attempt's outcome as the run's (fenced).
+
+        ``records`` are what the attempt reported that may not be in SQL yet: they are
+        written first, in the same transaction, so the timeline is complete and in order
+        once the run has ended (those already written are skipped).
+        """
         with self.fenced(run_id, epoch) as (session, run):
+            write_records(session, records)
             now = utcnow()
             run.state, run.error, run.finished_at = state, error, now
             session.execute(
@@ -476,8 +374,10 @@ class Repository:
                 .where(Attempt.run_id == run_id, Attempt.number == attempt)
                 .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
             )
+            found = session.scalars(select(TaskRun).where(TaskRun.run_id == run_id))
+            rows = {row.task_id: row for row in found}
             for task_id, task_state in tasks.items():
-                row = session.get(TaskRun, (run_id, task_id))
+                row = rows.get(task_id)
                 if row is None:
                     session.add(TaskRun(run_id=run_id, task_id=task_id, state=task_state, attempt=attempt))
                 elif (

@@ -39,7 +39,7 @@ from orchestrator.state import (
 from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
-TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes"}
+TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes", "projections"}
 
 # Run by each child process: wait at a barrier so all children hit the
 # database at the same moment, then upgrade, or bump a counter many times.
