@@ -22,4 +22,5 @@ METRICS = {
     "orchestrator_checkpoint_write_seconds": "histogram",
     "orchestrator_checkpoint_bytes": "histogram",
     "orchestrator_submissions_refused": "counter",
+    "orchestrator_event_lag_seconds": "gauge",
 }
