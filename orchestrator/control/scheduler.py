@@ -128,15 +128,17 @@ class Scheduler:
         reason = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else "malformed submission"
         if isinstance(exc, InvalidInput) and not isinstance(exc, SubmissionRefused):
             reason = str(exc)
-        log.warning("submission %r refused: %s", run_id, reason)
         metrics().submissions_refused.inc()
         try:
             safe_id = validate_run_id(run_id)
         except ValueError:
+            log.warning("submission %r refused: %s", run_id, reason)
             return  # no usable id: nothing to record a refusal under (the log line says it)
         definition = payload.get("package") if isinstance(payload, dict) else None
         name = definition.get("name", "?") if isinstance(definition, dict) else "?"
+        # Recorded before it is logged: whoever reads the log finds the refusal in SQL.
         self.services.repository.record_refusal(safe_id, str(name), reason)
+        log.warning("submission %r refused: %s", run_id, reason)
 
     def resume(self, run_id: str) -> None:
         """Resume a failed or cancelled run from its checkpoint (a manual restart)."""
