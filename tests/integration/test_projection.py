@@ -323,7 +323,9 @@ def test_an_outcome_and_the_projection_write_each_event_once(setup: Setup) -> No
     assert stream.append("run-a", 1, [r.encode() for r in later]) is not None
 
     # The attempt ends: its outcome carries what it cannot know is in SQL (all ten, say).
-    setup.repository.finish_attempt("run-a", 1, 1, "n1", RunState.SUCCEEDED, None, {}, records=records + later)
+    setup.repository.finish_attempt(
+        "run-a", 1, 1, "n1", RunState.SUCCEEDED, None, {}, records=records + later
+    )
     assert projector.run().written == 0, "the projection finds them written"
     setup.judge()
     kinds = [e.kind for e in setup.repository.events("run-a")]
