@@ -12,12 +12,16 @@ host's clock is trusted. Keys (``<p>`` is the prefix)::
     <p>:node:<name>    hash: what the node says about itself
     <p>:node-runs:<n>  set of the runs whose lease node n holds (for crash detection)
     <p>:cancel:<run>   present while a cancellation is requested
-    <p>:marker         present unless Redis lost its data
+    <p>:marker         the run_id of the Redis server that last rebuilt these keys
 
 A scheduler tick only reads the entries whose deadline passed
 (``ZRANGEBYSCORE -inf now``), so its cost grows with what expired, not with
 the number of healthy runs. If Redis loses its data the marker is gone and
 the scheduler rebuilds these keys from SQL (:meth:`Liveness.restore_run`).
+It does the same when the server changed under the same data (a restart, or
+a Sentinel failover to a replica that may have missed the latest writes): the
+marker then names another server. Rebuilding never undoes what is there (it
+only adds a missing lease or claim deadline, and raises an epoch to SQL's).
 
 Scripts that only know a node's name from a lease build its ``node-runs`` key
 from the prefix: like Celery's Redis transport, this needs one Redis server
@@ -442,8 +446,17 @@ class Liveness:
     def marker_present(self) -> bool:
         return bool(self.client.exists(self._key("marker")))
 
-    def set_marker(self) -> None:
-        self.client.set(self._key("marker"), "1")
+    def set_marker(self, server: str | None = None) -> None:
+        """Mark the keys as rebuilt on ``server`` (this server's run_id if not given)."""
+        self.client.set(self._key("marker"), server or self.server_state()[1])
+
+    def server_state(self) -> tuple[str | None, str]:
+        """The marker (``None``: missing) and this server's run_id, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._key("marker"))
+        pipe.info("server")
+        marker, info = pipe.execute()
+        return (_text(marker) if marker else None), str(info["run_id"])
 
     def restore_run(self, run_id: str, epoch: int, node: str, attempt: int, *, running: bool) -> None:
         """Re-create a run's liveness from SQL: a running run gets a fresh lease that its

@@ -201,8 +201,9 @@ class Scheduler:
         closed, recover expired leases, write the event stream to SQL, recover lost dispatches,
         mark lost nodes. Its cost grows with what expired, not with the number of runs."""
         liveness = self.services.liveness
-        if not liveness.marker_present():
-            self.rebuild()
+        marker, server = liveness.server_state()
+        if marker != server:  # Redis lost its data, or is another server (restart, failover)
+            self.rebuild(server)
         self._check_connections()
         fenced = [found for run_id in liveness.expired_leases() if (found := liveness.fence_expired(run_id))]
         # Fenced attempts can append nothing more: written now, their last events precede node_lost.
@@ -244,13 +245,14 @@ class Scheduler:
             m.queue_depth.labels(queue=queue).set(self.services.liveness.queue_depth(queue))
         set_run_counts(self.services.repository.count_by_state())
 
-    def rebuild(self) -> None:
-        """Re-create leases and pending claims from SQL (Redis started empty or lost its data)."""
+    def rebuild(self, server: str | None = None) -> None:
+        """Re-create missing leases and pending claims from SQL, and raise epochs to SQL's (Redis
+        started empty, lost its data, or is another server that may have missed recent writes)."""
         liveness = self.services.liveness
         active = self.services.repository.active_runs()
         for run in active:
             liveness.restore_run(run.run_id, run.epoch, run.node or "", run.attempt, running=run.claimed)
-        liveness.set_marker()
+        liveness.set_marker(server)
         log.warning("liveness rebuilt from SQL for %d active run(s)", len(active))
 
     def _recover(self, expired: Expired) -> None:
