@@ -16,11 +16,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import CheckpointError, Fenced, SecretBox, validate_run_id
-from orchestrator.control.liveness import Claim
+from orchestrator.control.liveness import Claim, Liveness
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.metrics import metrics
@@ -94,8 +95,16 @@ def run_attempt(
     if not keeper.lost:
         # A lost lease is left to expire: if no scheduler fenced it yet, releasing it would
         # leave the run with neither a lease nor a pending claim, and nobody would recover it.
-        liveness.release(message.run_id, message.epoch)
+        _release(liveness, message)
     return outcome
+
+
+def _release(liveness: Liveness, message: AttemptMessage) -> None:
+    try:
+        liveness.release(message.run_id, message.epoch)
+    except redis.RedisError as exc:
+        # The outcome is recorded: the lease expires, and the scheduler finds the run ended.
+        log.warning("lease of run %s not released (it expires instead): %s", message.run_id, exc)
 
 
 def _attempt(

@@ -59,7 +59,20 @@ class SentinelUrl:
         pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             self.master, sentinel, db=self.db, password=self.password, username=self.username, **kwargs
         )
-        return redis.Redis(connection_pool=pool, single_connection_client=single_connection_client)
+        client = _MasterClient(connection_pool=pool, single_connection_client=single_connection_client)
+        client.sentinels = sentinel
+        return client
+
+
+class _MasterClient(redis.Redis):
+    """A client of the master that also closes its connections to the sentinels."""
+
+    sentinels: Sentinel
+
+    def close(self) -> None:
+        super().close()
+        for client in self.sentinels.sentinels:
+            client.close()
 
 
 def is_sentinel(url: str) -> bool:
