@@ -25,8 +25,10 @@ from orchestrator.control.liveness import Claim, Liveness
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.metrics import metrics
+from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
 from orchestrator.runtime.services import Services
+from orchestrator.state.models import Run
 from orchestrator.state.states import RunState
 from workers.errors import AttemptFenced, CheckpointWriteFailed, StateUnavailable
 from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
@@ -118,10 +120,10 @@ def _attempt(
     """The claimed attempt: the SQL claim, the run, the SQL outcome (see :func:`run_attempt`)."""
     repo = services.repository
     try:
-        repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
+        run = repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
         log.info("node %s claimed attempt %d of run %s", node, message.attempt, message.run_id)
         with log_context(run_id=message.run_id, attempt=message.attempt, node=node):
-            outcome = _execute(services, message, keeper, reporter, hooks)
+            outcome = _execute(services, message, run, keeper, reporter, hooks)
         if keeper.lost:
             raise AttemptFenced(f"attempt {message.attempt} of run {message.run_id!r} lost its lease")
         _finish(services, message, node, outcome.state, outcome.error, outcome.tasks, reporter)
@@ -185,15 +187,13 @@ def _abandon(keeper: LeaseKeeper, message: AttemptMessage) -> None:
 def _execute(
     services: Services,
     message: AttemptMessage,
+    run: Run,
     keeper: LeaseKeeper,
     reporter: AttemptReporter,
     hooks: ExecutionHooks | None,
 ) -> RunResult:
-    settings, repo = services.settings, services.repository
-    run = repo.run_row(message.run_id)
-    package = parse_package(
-        repo.definition(run.package, run.definition_hash), source=f"package {run.package}"
-    )
+    settings = services.settings
+    package = _package(services, run.package, run.definition_hash)
     variables = decode_variables(run.variables, settings.secret())
     # From here on, a checkpoint write by any older attempt is refused by the store itself.
     try:
@@ -212,6 +212,21 @@ def _execute(
         allow_shell=settings.allow_shell,
     )
     return execute(request, options)
+
+
+_PACKAGES: dict[tuple[str, str], Package] = {}
+PACKAGES_CACHED = 64
+
+
+def _package(services: Services, name: str, definition_hash: str) -> Package:
+    """The run's package, parsed once per process (a definition never changes under its hash)."""
+    key = (name, definition_hash)
+    if key not in _PACKAGES:
+        if len(_PACKAGES) >= PACKAGES_CACHED:
+            _PACKAGES.clear()
+        definition = services.repository.definition(name, definition_hash)
+        _PACKAGES[key] = parse_package(definition, source=f"package {name}")
+    return _PACKAGES[key]
 
 
 def _not_claimed(services: Services, message: AttemptMessage, node: str, status: Claim) -> None:

@@ -22,7 +22,7 @@ and a late record only fills in a task's duration or error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -99,15 +99,20 @@ class Projections:
         return row
 
 
-def write_records(session: Session, records: Sequence[Record]) -> int:
+def write_records(
+    session: Session, records: Sequence[Record], locked: Mapping[str, tuple[int, RunState]] | None = None
+) -> int:
     """Write the records not written yet, in order, with the task states they imply.
 
-    Locks the runs they belong to (in id order); records of a run that does not
-    exist are logged and skipped. Returns how many records were new.
+    Locks the runs they belong to (in id order) but those ``locked`` already (with
+    their attempt and state); records of a run that does not exist are logged and
+    skipped. Returns how many records were new.
     """
     if not records:
         return 0
-    runs = _lock_runs(session, sorted({record.run_id for record in records}))
+    locked = dict(locked or {})
+    others = sorted({record.run_id for record in records} - set(locked))
+    runs = {**locked, **(_lock_runs(session, others) if others else {})}
     written = _written(session, list(runs), records)
     events: list[dict[str, Any]] = []
     changes: list[tuple[Record, TaskChange, bool]] = []

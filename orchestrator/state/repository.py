@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -188,12 +188,14 @@ class Repository:
 
     @staticmethod
     def _existing_in(session: Session, run_id: str, idempotency_key: str | None) -> str | None:
-        if session.get(Run, run_id) is not None:
-            return run_id
-        if idempotency_key is None:
-            return None
-        found = session.execute(select(Run.id).where(Run.idempotency_key == idempotency_key))
-        return found.scalar_one_or_none()
+        """The run with this id, else the one with this idempotency key (one query)."""
+        match = (
+            Run.id == run_id
+            if idempotency_key is None
+            else or_(Run.id == run_id, Run.idempotency_key == idempotency_key)
+        )
+        found = list(session.scalars(select(Run.id).where(match)))
+        return run_id if run_id in found else next(iter(found), None)
 
     def record_refusal(self, run_id: str, package: str, reason: str) -> None:
         """A submission refused at the trust boundary: a failed run with the reason, and an event."""
@@ -336,7 +338,8 @@ class Repository:
             session.expunge(run)
             return run
 
-    def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> None:
+    def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> Run:
+        """Record the claim (fenced); return the run as the attempt needs it (one transaction)."""
         with self.fenced(run_id, epoch) as (session, run):
             now = utcnow()
             run.state, run.node = RunState.RUNNING, node
@@ -347,6 +350,9 @@ class Repository:
                 .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
             )
             self._event(session, run_id, "claimed", node=node, attempt=attempt, epoch=epoch)
+            session.flush()
+            session.expunge(run)
+            return run
 
     def finish_attempt(
         self,
@@ -366,7 +372,7 @@ class Repository:
         once the run has ended (those already written are skipped).
         """
         with self.fenced(run_id, epoch) as (session, run):
-            write_records(session, records)
+            write_records(session, records, locked={run_id: (run.attempt, run.state)})
             now = utcnow()
             run.state, run.error, run.finished_at = state, error, now
             session.execute(
