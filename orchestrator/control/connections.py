@@ -75,6 +75,8 @@ class NodeConnections:
         self.key = f"{prefix}:conns"
         self._expire_node = client.register_script(_EXPIRE_NODE)
         self.available = True
+        # The listing is read for its ids only: skip redis-py's parsing of every field of every line.
+        client.set_response_callback("CLIENT LIST", lambda response, **_: response)
 
     # -- a worker node -------------------------------------------------------------------
 
@@ -125,8 +127,6 @@ class NodeConnections:
 
     def _present(self, ids: list[str]) -> set[str]:
         listing: Any = self.client.execute_command("CLIENT", "LIST", "ID", *ids)  # type: ignore[no-untyped-call]
-        if isinstance(listing, list):  # parsed by redis-py into dicts
-            return {str(entry["id"]) for entry in listing}
         return set(re.findall(r"(?m)^id=(\d+) ", _text(listing)))
 
     def server_run_id(self) -> str:
