@@ -16,7 +16,9 @@ import threading
 import time
 from typing import Any
 
+import redis
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import validate_run_id
 from orchestrator.control.liveness import Expired, LostDispatch
@@ -230,6 +232,8 @@ class Scheduler:
         """Write the workers' events to SQL (a failure is logged; recovery goes on regardless)."""
         try:
             self.projector.run()
+        except (SQLAlchemyError, redis.RedisError) as exc:
+            log.error("writing worker events to SQL failed (they wait in Redis; retrying next tick): %s", exc)
         except Exception:
             log.exception("writing worker events to SQL failed (they wait in Redis; retrying next tick)")
 
