@@ -60,14 +60,14 @@ class Projector:
         self.max_batches = max_batches
         self._server_ms = server_ms
 
-    def run(self) -> Projected:
+    def run(self, max_batches: int | None = None) -> Projected:
         """Write batches until the stream is drained (or ``max_batches``); set the lag gauge."""
         newest, mirrored = self.stream.head()
         if newest is None or parse_id(newest) <= parse_id(mirrored):
             return self._done(Projected(0, 0, 0, 0.0, False))
         entries = written = batches = 0
         last: Batch | None = None
-        for _ in range(self.max_batches):
+        for _ in range(max_batches or self.max_batches):
             batch = self.projections.project(self._read)
             if batch is None:  # another scheduler is writing: its gauge says the lag
                 return self._done(Projected(entries, written, batches, self._pending_age(mirrored), True))

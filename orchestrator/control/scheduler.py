@@ -36,6 +36,8 @@ from orchestrator.state.states import RunState
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
+RECOVERY_BATCHES = 2
+"""Event batches written before the tick's recoveries (the rest after them)."""
 
 
 class Scheduler:
@@ -209,9 +211,12 @@ class Scheduler:
         self._check_connections()
         fenced = [found for run_id in liveness.expired_leases() if (found := liveness.fence_expired(run_id))]
         # Fenced attempts can append nothing more: written now, their last events precede node_lost.
-        self.project()
+        # With a backlog (SQL was away) a few batches only: the recoveries must not wait for it all.
+        self.project(RECOVERY_BATCHES if fenced else None)
         for expired in fenced:
             self._recover(expired)
+        if fenced:
+            self.project()
         for run_id in liveness.overdue_dispatches():
             lost = liveness.take_lost_dispatch(run_id)
             if lost is not None:
@@ -228,10 +233,10 @@ class Scheduler:
             runs = connections.expire_node(node, recorded)
             log.warning("node %s closed its connection to Redis: %d run(s) to recover now", node, len(runs))
 
-    def project(self) -> None:
+    def project(self, max_batches: int | None = None) -> None:
         """Write the workers' events to SQL (a failure is logged; recovery goes on regardless)."""
         try:
-            self.projector.run()
+            self.projector.run(max_batches)
         except (SQLAlchemyError, redis.RedisError) as exc:
             log.error("writing worker events to SQL failed (they wait in Redis; retrying next tick): %s", exc)
         except Exception:
