@@ -1,10 +1,13 @@
 """A Redis master failed over by Sentinel while runs are in flight, with real processes.
 
-The cluster (a scheduler, two worker nodes) reaches Redis through a
-``sentinel://`` URL only. With three runs holding mid-task, the replica is
-paused (so it misses what follows: a new run's submission, dispatch and
-claim, lease renewals, events), then the master is SIGKILLed and the replica
-resumed; the sentinels promote it. No run may be lost, no finished task or
+The cluster (a scheduler, two worker nodes of two pool processes) reaches
+Redis through a ``sentinel://`` URL only. With three runs holding mid-task,
+the replica is paused and its link dropped, so it misses what follows: two more submissions, their
+dispatches, the claim of the one a free pool process takes (the other waits
+in the queue, every pool process busy), lease renewals, events. Then the
+master is SIGKILLed and the replica resumed; the sentinels promote it. The
+queued run exists only in SQL now: only the scheduler's rebuild (it sees
+another server) can bring it back. No run may be lost, no finished task or
 saved unit may run again, SQL must end with every run succeeded, and no
 epoch may be used twice for a run although Redis forgot some.
 
@@ -67,11 +70,11 @@ def holding(log: Path) -> bool:
     return any(e["event"] == "holding" for e in T.read_log(log))
 
 
-def recorded(cluster: Cluster, run_id: str) -> bool:
+def state(cluster: Cluster, run_id: str) -> str | None:
     try:
-        return status(cluster, run_id)["state"] in ("running", "succeeded")
+        return str(status(cluster, run_id)["state"])
     except RunNotFound:
-        return False
+        return None
 
 
 def test_a_master_failover_with_runs_in_flight_loses_nothing(
@@ -86,13 +89,15 @@ def test_a_master_failover_with_runs_in_flight_loses_nothing(
         for log in logs.values():
             wait_until(lambda log=log: holding(log), timeout=60, what=f"{log.name} to hold\n{cluster.tail()}")
 
-        group.signal("replica", signal.SIGSTOP)  # from here on, the master's writes are not replicated
-        late_log = tmp_path / "late.jsonl"
-        late = cluster.client.submit(chain("late", late_log, None))
-        logs[late] = late_log
+        group.cut_replication()  # from here on, the master's writes are not replicated
+        late = {cluster.client.submit(chain(f"late{n}", tmp_path / f"late{n}.jsonl", hold)): tmp_path / f"late{n}.jsonl"
+                for n in range(2)}  # fmt: skip
         wait_until(
-            lambda: recorded(cluster, late), timeout=60, what=f"the late run to start\n{cluster.tail()}"
+            lambda: sorted(str(state(cluster, run_id)) for run_id in late) == ["queued", "running"],
+            timeout=60,
+            what=f"one late run to start, the other to wait\n{cluster.tail()}",
         )
+        logs.update(late)
         group.signal("master", signal.SIGKILL)
         group.signal("replica", signal.SIGCONT)
         wait_until(
@@ -105,11 +110,15 @@ def test_a_master_failover_with_runs_in_flight_loses_nothing(
         for run_id in logs:
             final = finished(cluster, run_id, timeout=120)
             assert final["state"] == "succeeded", final
-        # The promoted replica is another server: the scheduler rebuilt what it may have missed.
-        rebuilt = re.findall(
-            r"liveness rebuilt from SQL for (\d+) active", (tmp_path / "scheduler-1.log").read_text()
-        )
+        # The promoted replica is another server: the scheduler rebuilt what it may have missed (the
+        # queued late run at least, which could not have finished otherwise).
+        log = (tmp_path / "scheduler-1.log").read_text(errors="replace")
+        rebuilt = re.findall(r"liveness rebuilt from SQL for (\d+) active", log)
         assert rebuilt[0] == "0" and any(int(n) >= 1 for n in rebuilt[1:]), rebuilt
+        reasons = [
+            e.detail.get("reason") for run_id in late for e in cluster.services.repository.events(run_id)
+        ]
+        assert "dispatch_lost" in reasons, reasons
         judge(cluster, logs)
     finally:
         cluster.stop()

@@ -147,6 +147,15 @@ class SentinelGroup:
             _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
         return int(port)
 
+    def cut_replication(self) -> None:
+        """Pause the replica and drop its link: what the master writes from now on, it never gets.
+
+        (Pausing alone is not enough: the replica's kernel keeps receiving into its socket.)
+        """
+        self.signal("replica", signal.SIGSTOP)
+        with self.client("master") as master:
+            master.execute_command("CLIENT", "KILL", "TYPE", "replica")
+
     def signal(self, name: str, signum: int) -> None:
         os.killpg(self.processes[name].pid, signum)
 
