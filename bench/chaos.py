@@ -99,6 +99,9 @@ def percentile(values: list[float], share: float) -> float | None:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
+RECOVERY_MARGIN = 2.0
+
+
 @dataclass
 class ChaosReport:
     """The figures of one chaos run; :attr:`ok` is the verdict."""
@@ -141,6 +144,17 @@ class ChaosReport:
             or self.submitted != self.packages
         )
 
+    @property
+    def recovery_target_met(self) -> bool | None:
+        """Blow to resumed p95 at most the detection p95 plus 2 s (issue 11); None without samples."""
+        recovery, detection = (
+            percentile(self.recovery_seconds, 0.95),
+            percentile(self.detection_seconds, 0.95),
+        )
+        if recovery is None or detection is None:
+            return None
+        return recovery <= detection + RECOVERY_MARGIN
+
     def summary(self) -> dict[str, Any]:
         figures = asdict(self)
         del figures["recovery_seconds"], figures["detection_seconds"], figures["queued_seconds"]
@@ -153,6 +167,7 @@ class ChaosReport:
                 value = percentile(values, share)
                 figures[f"{name}_{label}_seconds"] = None if value is None else round(value, 2)
         figures["recovery_samples"] = len(self.recovery_seconds)
+        figures["recovery_target_met"] = self.recovery_target_met
         figures["ok"] = self.ok
         return figures
 
@@ -194,6 +209,10 @@ class ChaosReport:
                 f"{secs('detection_p50')} / {secs('detection_p95')}",
             ),
             ("  resubmitted, queued: p50 / p95", f"{secs('queued_p50')} / {secs('queued_p95')}"),
+            (
+                f"recovery p95 <= detection p95 + {RECOVERY_MARGIN:g} s",
+                {None: "-", True: "met", False: "NOT met"}[self.recovery_target_met],
+            ),
             ("chaos duration", f"{self.seconds:.1f} s"),
         ]
         width = max(len(name) for name, _ in rows)

@@ -27,7 +27,8 @@ if __package__ in (None, ""):
 from bench import common as C
 from bench import tasks
 
-TARGET = 1.3
+TARGETS = {"executor in-process": 1.3, "cluster": 1.15}
+"""Ratio to the plain loop: in-process as before; the cluster's from issue 11 (no SQL per task)."""
 TASK_SECONDS = 0.01
 
 
@@ -114,16 +115,17 @@ def main() -> int:
         "tasks": count,
         "task_seconds": TASK_SECONDS,
         "rounds": rounds,
-        "target": TARGET,
+        "targets": TARGETS,
     }
     for name, values in samples.items():
         p50 = C.percentile(values, 50)
         value = C.ratio(p50, base)
         per_task = (p50 - base) / count * 1000
-        verdict = "-" if name == "plain loop" else f"{'met' if value <= TARGET else 'NOT met'} (<= {TARGET})"
+        target = TARGETS.get(name)
+        verdict = "-" if target is None else f"{'met' if value <= target else 'NOT met'} (<= {target})"
         rows.append([name, p50, min(values), max(values), per_task, value, verdict])
         result[name] = {"seconds": values, "p50": p50, "ratio": value, "overhead_ms_per_task": per_task}
-    result["met"] = result["cluster"]["ratio"] <= TARGET
+    result["met"] = all(result[name]["ratio"] <= target for name, target in TARGETS.items())
     print(
         C.table(
             f"{count} tasks of {TASK_SECONDS * 1000:g} ms: wall seconds (median of {rounds} rounds)",

@@ -7,6 +7,10 @@ E of the leases expired (those runs exist in SQL, so each is fenced, recorded
 lost and dispatched again, as after a node loss). N grows 10x and more; the
 tick must not. Baseline in the same run: one Redis PING round trip. The
 state gauges (refreshed at most once a second by the tick) are timed apart.
+Each of the 200 nodes holds a real, named and recorded Redis connection, as
+a worker node does, so every tick includes the crash check
+(:mod:`orchestrator.control.connections`: ``HGETALL`` of the recorded ids and
+one ``CLIENT LIST ID`` of all of them), which is also timed on its own.
 
 Memory: a worker node (``orchestrator worker --concurrency 8``, a real process
 group) at rest and while 8 runs hold, against a plain Celery prefork worker
@@ -132,6 +136,10 @@ class TickCase:
         )
         before = self.services.redis.info("memory")["used_memory"]
         populate(self.services, runs, "healthy")
+        # Each node's own named connection, recorded as it connects (what the crash check reads).
+        self.node_clients = [self.services.node_redis(f"node-{n:03d}") for n in range(NODES)]
+        for client in self.node_clients:
+            client.ping()
         self.redis_mb = (self.services.redis.info("memory")["used_memory"] - before) / 1e6
         self.scheduler = Scheduler(self.services)
         self.scheduler.tick()  # warm-up: scripts loaded, SQL connection open
@@ -139,6 +147,7 @@ class TickCase:
         self.ping: list[float] = []
         self.gauges: list[float] = []
         self.per_expired: list[float] = []
+        self.check: list[float] = []
         self.expired = self.recovered = 0
 
     def tick_once(self) -> None:
@@ -146,6 +155,10 @@ class TickCase:
         self.ping.append(timed(self.services.redis.ping))
         self.scheduler._gauges_at = time.monotonic()  # the gauges are timed apart (once a second)
         self.idle.append(timed(self.scheduler.tick))
+        gone: list[Any] = []
+        self.check.append(timed(lambda: gone.extend(self.services.connections.gone())))
+        if gone:
+            raise RuntimeError(f"healthy nodes taken for lost: {gone}")
 
     def gauges_once(self) -> None:
         self.scheduler._gauges_at = -1.0
@@ -168,6 +181,10 @@ class TickCase:
             "ping_ms": C.summary(self.ping),
             "tick_in_round_trips_p50": C.percentile(pairs, 50),
             "gauges_ms": C.summary(self.gauges),
+            "connection_check_ms": C.summary(self.check),
+            "connection_check_in_round_trips_p50": C.percentile(
+                [c / p for c, p in zip(self.check, self.ping, strict=True)], 50
+            ),
             "expired": self.expired,
             "recovered": self.recovered,
             "per_expired_ms": C.summary(self.per_expired),
@@ -190,6 +207,8 @@ def tick_cases(env: C.Environment, sizes: tuple[int, ...], expired: int, ticks: 
         return [case.result() for case in cases]
     finally:
         for case in cases:
+            for client in case.node_clients:
+                client.close()
             case.services.close()
 
 
@@ -331,6 +350,28 @@ def main() -> int:
                 "Redis MB for N leases",
             ],
             rows,
+        )
+    )
+    print(
+        C.table(
+            f"crash check: recorded connections of {NODES} live nodes, one CLIENT LIST ID (ms; same run)",
+            [
+                "healthy runs N",
+                "check p50",
+                "check p99",
+                "in PING round trips (p50)",
+                "ratio to the idle tick",
+            ],
+            [
+                [
+                    case["healthy_runs"],
+                    case["connection_check_ms"]["p50"],
+                    case["connection_check_ms"]["p99"],
+                    case["connection_check_in_round_trips_p50"],
+                    C.ratio(case["connection_check_ms"]["p50"], case["tick_idle_ms"]["p50"]),
+                ]
+                for case in cases
+            ],
         )
     )
     memory_rows = []

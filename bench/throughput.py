@@ -11,6 +11,11 @@ Both on the same Redis server in the same run, rounds interleaved (A B, B A...):
   submitted with the Python client, timed from the first submit until the last
   run's ``finished_at`` (submit -> scheduler -> worker -> checkpoint -> SQL).
 
+During the orchestrator rounds a sampler reads, every 0.2 s, the age (Redis
+clock) of the oldest worker event not yet written to SQL: what the
+scheduler's ``orchestrator_event_lag_seconds`` reports. Its maximum over the
+rounds is the projection's lag at this load (target: under 1 s).
+
 Run: ``python -m bench.throughput [--quick]``.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +130,31 @@ def orchestrator_round(services: Any, count: int) -> dict[str, float]:
     }
 
 
+LAG_TARGET = 1.0
+
+
+class LagSampler(threading.Thread):
+    """Samples the age of the oldest event not yet in SQL while the rounds run."""
+
+    def __init__(self, services: Any) -> None:
+        super().__init__(name="lag-sampler", daemon=True)
+        self.services = services
+        self.samples: list[float] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from orchestrator.control.stream import parse_id
+
+        events = self.services.events
+        while not self.done.wait(0.2):
+            _, projected = events.head()
+            waiting = events.first_after(projected)
+            age = 0.0
+            if waiting is not None:
+                age = max(0, self.services.liveness.server_ms() - parse_id(waiting)[0]) / 1000
+            self.samples.append(age)
+
+
 def redis_commands(url: str) -> int:
     with redis.Redis.from_url(url) as client:
         stats = client.info("commandstats")
@@ -151,6 +182,8 @@ def main() -> int:
         celery_rates: list[float] = []
         orch: list[dict[str, float]] = []
         commands: dict[str, list[float]] = {"celery": [], "orchestrator": []}
+        sampler = LagSampler(services)
+        sampler.start()
         for index in range(rounds):
             for which in ("celery", "orchestrator") if index % 2 == 0 else ("orchestrator", "celery"):
                 # Server-wide count: it includes the idle side's few polls (a small overcount).
@@ -163,6 +196,8 @@ def main() -> int:
                 commands[which].append((redis_commands(orch_url) - before) / count)
                 rate = celery_rates[-1] if which == "celery" else orch[-1]["rate"]
                 print(f"round {index + 1} {which}: {rate:.1f}/s", flush=True)
+        sampler.done.set()
+        sampler.join()
         services.close()
     celery_p50 = C.percentile(celery_rates, 50)
     orch_p50 = C.percentile([o["rate"] for o in orch], 50)
@@ -208,6 +243,23 @@ def main() -> int:
             rows,
         )
     )
+    lag = max(sampler.samples, default=0.0)
+    print(
+        C.table(
+            "event projection lag during the orchestrator rounds (age of the oldest event not in SQL)",
+            ["samples", "p50 s", "p99 s", "max s", "ratio max/target", "target"],
+            [
+                [
+                    len(sampler.samples),
+                    C.percentile(sampler.samples, 50) if sampler.samples else 0.0,
+                    C.percentile(sampler.samples, 99) if sampler.samples else 0.0,
+                    lag,
+                    lag / LAG_TARGET,
+                    f"{'met' if lag < LAG_TARGET else 'NOT met'} (< {LAG_TARGET:g} s)",
+                ]
+            ],
+        )
+    )
     C.write_result(
         args,
         "throughput",
@@ -219,6 +271,8 @@ def main() -> int:
             "ratio": value,
             "redis_commands_per_item": commands,
             "failed_runs": sum(o["failed"] for o in orch),
+            "event_lag_max_s": lag,
+            "event_lag_samples": len(sampler.samples),
             "target_ratio": TARGET,
             "met": value >= TARGET,
         },

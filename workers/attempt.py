@@ -1,35 +1,41 @@
 """One attempt of a run on a worker node: claim, keep the lease, execute, report.
 
 :func:`run_attempt` is a plain function (the Celery task only decodes its
-message and calls it), so it is tested without a broker. Everything it
-records is fenced by the attempt's epoch three times over: the Redis claim
-and lease, the SQL row's epoch, and the checkpoint store's epoch file.
+message and calls it), so it is tested without a broker. SQL is written twice
+per attempt: the claim and the outcome. What happens in between goes through
+the event stream (:mod:`workers.reporter`). Everything it records is fenced by
+the attempt's epoch: the Redis claim, lease and event appends, the SQL row's
+epoch, and the checkpoint store's epoch file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import CheckpointError, Fenced, SecretBox, validate_run_id
-from orchestrator.control.liveness import Claim
+from orchestrator.control.liveness import Claim, Liveness
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.metrics import metrics
-from orchestrator.packages.model import ForeachItem
+from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
 from orchestrator.runtime.services import Services
-from orchestrator.state.repository import Completion, Repository
-from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.models import Run
+from orchestrator.state.states import RunState
 from workers.errors import AttemptFenced, CheckpointWriteFailed, StateUnavailable
 from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
 from workers.hooks import AllHooks, MetricsHooks
 from workers.lease import LeaseKeeper
+from workers.reporter import AttemptReporter
+from workers.watch import AttemptFiles
 
 log = logging.getLogger(__name__)
 
@@ -50,77 +56,6 @@ class AttemptMessage(BaseModel):
         return validate_run_id(value)
 
 
-class AttemptReporter(ExecutionHooks):
-    """Execution hooks that record the attempt's progress in SQL (fenced by its epoch)."""
-
-    def __init__(self, services: Services, message: AttemptMessage, node: str) -> None:
-        self.repo = _Guarded(services.repository)
-        self.message = message
-        self.node = node
-        # A success is recorded with the checkpoint write that follows it, in one transaction.
-        self.pending: Completion | None = None
-
-    def _flush(self, checkpoint_bytes: int | None = None) -> None:
-        if self.pending is not None:
-            m, done = self.message, self.pending
-            self.pending = None
-            self.repo.record_completion(m.run_id, m.epoch, m.attempt, self.node, done, checkpoint_bytes)
-
-    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
-        if resumed:
-            m = self.message
-            self.repo.record_resumed(run_id, m.epoch, m.attempt, self.node, skipped)
-
-    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
-        self._flush()  # only left over when checkpoints are not saved
-        if item is None:
-            m = self.message
-            self.repo.task_started(m.run_id, m.epoch, m.attempt, task_id, try_number)
-
-    def run_finished(self, result: RunResult) -> None:
-        self._flush()
-
-    def task_finished(
-        self,
-        task_id: str,
-        item: ForeachItem | None,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None:
-        m = self.message
-        self._flush()
-        if state is TaskState.SUCCEEDED:
-            self.pending = Completion(task_id, item, seconds)
-        elif item is None:
-            self.repo.task_finished(m.run_id, m.epoch, m.attempt, self.node, task_id, state, seconds, error)
-
-    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
-        if self.pending is not None:
-            self._flush(size)
-        elif reason in ("task", "item"):
-            m = self.message
-            self.repo.record_event(m.run_id, m.epoch, "checkpoint_saved", self.node, m.attempt, bytes=size)
-
-
-class _Guarded:
-    """The repository, with database errors turned into :class:`StateUnavailable`."""
-
-    def __init__(self, repository: Repository) -> None:
-        self._repository = repository
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._repository, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except SQLAlchemyError as exc:
-                raise StateUnavailable(f"the run-state database failed: {exc}") from exc
-
-        return call
-
-
 def run_attempt(
     services: Services,
     message: AttemptMessage,
@@ -128,9 +63,14 @@ def run_attempt(
     *,
     hooks: ExecutionHooks | None = None,
     on_lost: Callable[[], Callable[[], None] | None] | None = None,
+    files: AttemptFiles | None = None,
 ) -> RunResult | None:
-    """Run one attempt; return its result, or ``None`` when it did not own the run."""
-    liveness, repo = services.liveness, services.repository
+    """Run one attempt; return its result, or ``None`` when it did not own the run.
+
+    ``files``, on a worker node, notes the attempt for the node's
+    :class:`~workers.watch.PoolWatch`, which reports it at once if this process dies.
+    """
+    liveness = services.liveness
     claim = liveness.claim(message.run_id, message.epoch, node, message.attempt)
     if claim.status is not Claim.OK:
         _not_claimed(services, message, node, claim.status)
@@ -150,49 +90,87 @@ def run_attempt(
         on_lost=on_lost,
     )
     keeper.start()
-    outcome: RunResult | None = None
+    reporter = AttemptReporter(services.events, message.run_id, message.epoch, message.attempt, node)
+    with files.running(message.run_id, message.epoch) if files is not None else contextlib.nullcontext():
+        outcome = _attempt(services, message, node, keeper, reporter, hooks)
+    keeper.stop()
+    if not keeper.lost:
+        # A lost lease is left to expire: if no scheduler fenced it yet, releasing it would
+        # leave the run with neither a lease nor a pending claim, and nobody would recover it.
+        _release(liveness, message)
+    return outcome
+
+
+def _release(liveness: Liveness, message: AttemptMessage) -> None:
     try:
-        repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
+        liveness.release(message.run_id, message.epoch)
+    except redis.RedisError as exc:
+        # The outcome is recorded: the lease expires, and the scheduler finds the run ended.
+        log.warning("lease of run %s not released (it expires instead): %s", message.run_id, exc)
+
+
+def _attempt(
+    services: Services,
+    message: AttemptMessage,
+    node: str,
+    keeper: LeaseKeeper,
+    reporter: AttemptReporter,
+    hooks: ExecutionHooks | None,
+) -> RunResult | None:
+    """The claimed attempt: the SQL claim, the run, the SQL outcome (see :func:`run_attempt`)."""
+    repo = services.repository
+    try:
+        run = repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
         log.info("node %s claimed attempt %d of run %s", node, message.attempt, message.run_id)
         with log_context(run_id=message.run_id, attempt=message.attempt, node=node):
-            outcome = _execute(services, message, node, keeper, stop, hooks)
+            outcome = _execute(services, message, run, keeper, reporter, hooks)
         if keeper.lost:
             raise AttemptFenced(f"attempt {message.attempt} of run {message.run_id!r} lost its lease")
-        repo.finish_attempt(
-            message.run_id,
-            message.epoch,
-            message.attempt,
-            node,
-            outcome.state,
-            outcome.error,
-            outcome.tasks,
-        )
+        _finish(services, message, node, outcome.state, outcome.error, outcome.tasks, reporter)
         if outcome.succeeded and not services.settings.keep_checkpoints:
             # Only once the outcome is recorded: a node dying before that must find the
             # checkpoint and finish the run from it, not run the package again.
             services.store.delete(outcome.package, message.run_id, epoch=message.epoch)
     except (AttemptFenced, Fenced) as exc:
         log.warning("attempt %d of run %s stops without reporting: %s", message.attempt, message.run_id, exc)
-        outcome = None
+        return None
     except (StateUnavailable, SQLAlchemyError):
         _abandon(keeper, message)
         raise
     except (InvalidInput, CheckpointError, OrchestratorError) as exc:
         # Nothing ran (bad variables, a checkpoint that does not fit...): the run fails clearly.
         log.error("attempt %d of run %s cannot run: %s", message.attempt, message.run_id, exc)
-        repo.finish_attempt(
-            message.run_id, message.epoch, message.attempt, node, RunState.FAILED, str(exc), {}
-        )
-        outcome = None
+        _finish(services, message, node, RunState.FAILED, str(exc), {}, reporter)
+        return None
     except Exception:
         _abandon(keeper, message)
         raise
-    keeper.stop()
-    if not keeper.lost:
-        # A lost lease is left to expire: if no scheduler fenced it yet, releasing it would
-        # leave the run with neither a lease nor a pending claim, and nobody would recover it.
-        liveness.release(message.run_id, message.epoch)
     return outcome
+
+
+def _finish(
+    services: Services,
+    message: AttemptMessage,
+    node: str,
+    state: RunState,
+    error: str | None,
+    tasks: dict[str, Any],
+    reporter: AttemptReporter,
+) -> None:
+    """The outcome, with what the event stream has not brought to SQL yet, in one transaction."""
+    try:
+        services.repository.finish_attempt(
+            message.run_id,
+            message.epoch,
+            message.attempt,
+            node,
+            state,
+            error,
+            tasks,
+            records=reporter.unprojected(),
+        )
+    except SQLAlchemyError as exc:
+        raise StateUnavailable(f"the run-state database failed: {exc}") from exc
 
 
 def _abandon(keeper: LeaseKeeper, message: AttemptMessage) -> None:
@@ -209,35 +187,46 @@ def _abandon(keeper: LeaseKeeper, message: AttemptMessage) -> None:
 def _execute(
     services: Services,
     message: AttemptMessage,
-    node: str,
+    run: Run,
     keeper: LeaseKeeper,
-    stop: threading.Event,
+    reporter: AttemptReporter,
     hooks: ExecutionHooks | None,
 ) -> RunResult:
-    settings, repo = services.settings, services.repository
-    run = repo.run_row(message.run_id)
-    package = parse_package(
-        repo.definition(run.package, run.definition_hash), source=f"package {run.package}"
-    )
+    settings = services.settings
+    package = _package(services, run.package, run.definition_hash)
     variables = decode_variables(run.variables, settings.secret())
     # From here on, a checkpoint write by any older attempt is refused by the store itself.
     try:
         services.store.fence(package.name, message.run_id, message.epoch)
     except OSError as exc:  # storage full or read-only: a clear failure, not a crash (a "node loss")
         raise CheckpointWriteFailed(f"checkpoint write failed: {exc}") from exc
-    reporter = AttemptReporter(services, message, node)
     request = RunRequest(package, message.run_id, variables, epoch=message.epoch, attempt=message.attempt)
     options = ExecutionOptions(
         store=services.store,
         secret_key=settings.secret(),
         hooks=AllHooks(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
         guard=keeper.check,
-        stop=stop,
+        stop=keeper.stop_run,
         keep_checkpoint=True,  # deleted by run_attempt once the outcome is recorded
         allowed_modules=settings.task_module_roots,
         allow_shell=settings.allow_shell,
     )
     return execute(request, options)
+
+
+_PACKAGES: dict[tuple[str, str], Package] = {}
+PACKAGES_CACHED = 64
+
+
+def _package(services: Services, name: str, definition_hash: str) -> Package:
+    """The run's package, parsed once per process (a definition never changes under its hash)."""
+    key = (name, definition_hash)
+    if key not in _PACKAGES:
+        if len(_PACKAGES) >= PACKAGES_CACHED:
+            _PACKAGES.clear()
+        definition = services.repository.definition(name, definition_hash)
+        _PACKAGES[key] = parse_package(definition, source=f"package {name}")
+    return _PACKAGES[key]
 
 
 def _not_claimed(services: Services, message: AttemptMessage, node: str, status: Claim) -> None:

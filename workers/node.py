@@ -1,4 +1,6 @@
-"""A worker node: a Celery worker on the run queue plus the node's heartbeat."""
+"""A worker node: a Celery worker on the recovery and run queues, the node's heartbeat over its own
+named Redis connection (:mod:`orchestrator.control.connections`: its crash is seen when that
+connection closes), and a watch on its pool processes (:mod:`workers.watch`)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import os
 import socket
 
 from orchestrator.observability.metrics import enable_multiprocess, serve
-from orchestrator.runtime.broker import RUN_QUEUE
+from orchestrator.runtime.broker import WORKER_QUEUES
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import NodeState
 from workers.lease import NodeHeartbeat
 from workers.tasks import register_worker_tasks
+from workers.watch import AttemptFiles, PoolWatch
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
         # Before any metric exists: the pool's processes then write samples the node sums.
         enable_multiprocess(settings.state_dir / "metrics" / node)
         metrics_port = serve(metrics_port, multiprocess_mode=True)
-    register_worker_tasks(services.app, services, node)
+    files = AttemptFiles.create(node)
+    register_worker_tasks(services.app, services, node, files)
     services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
     info = {
         "pid": os.getpid(),
@@ -36,9 +40,12 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
         "concurrency": concurrency,
         "metrics_port": metrics_port,
     }
-    heartbeat = NodeHeartbeat(services.liveness, node, info, settings.heartbeat_interval)
+    own = services.node_redis(node)  # kept for the node's whole life: its closing is the crash signal
+    heartbeat = NodeHeartbeat(services.liveness_on(own), node, info, settings.heartbeat_interval)
     heartbeat.beat()
     heartbeat.start()
+    watch = PoolWatch(files, services.liveness, node)
+    watch.start()
     log.info("worker node %s up (concurrency %d)", node, concurrency)
     # The pool's processes are forked from this one. Frozen objects are left out of garbage
     # collection, whose passes would otherwise write to every page the children share with
@@ -49,7 +56,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
         services.app.worker_main(
             [
                 "worker",
-                f"--queues={RUN_QUEUE}",
+                f"--queues={','.join(WORKER_QUEUES)}",
                 f"--concurrency={concurrency}",
                 "--pool=prefork",
                 f"--hostname={node}@%h",
@@ -61,6 +68,9 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
             ]
         )
     finally:
+        watch.stop()
         heartbeat.stop()
+        own.close()
+        files.remove()
         services.repository.set_node_state(node, NodeState.STOPPED)
         log.info("worker node %s stopped", node)

@@ -18,14 +18,18 @@ from orchestrator.runtime.broker import RUN_TASK
 from orchestrator.runtime.services import Services
 from workers.attempt import AttemptMessage, run_attempt
 from workers.lease import exit_after
+from workers.watch import AttemptFiles
 
 log = logging.getLogger(__name__)
 
 FENCED_GRACE = 2.0
 
 
-def register_worker_tasks(app: Celery, services: Services, node: str) -> None:
-    """The attempt task a worker node executes."""
+def register_worker_tasks(
+    app: Celery, services: Services, node: str, files: AttemptFiles | None = None
+) -> None:
+    """The attempt task a worker node executes (``files``: where attempts note themselves for the
+    node's pool watch)."""
 
     @app.task(name=RUN_TASK, acks_late=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def run_attempt_task(**body: Any) -> None:
@@ -34,7 +38,7 @@ def register_worker_tasks(app: Celery, services: Services, node: str) -> None:
         except ValidationError as exc:
             log.error("malformed attempt message refused: %s", _short(exc))
             return
-        run_attempt(services, message, node, on_lost=exit_after(FENCED_GRACE))
+        run_attempt(services, message, node, on_lost=exit_after(FENCED_GRACE), files=files)
 
 
 def _short(exc: ValidationError) -> str:

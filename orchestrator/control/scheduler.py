@@ -3,7 +3,9 @@
 Several schedulers may run at once. Every recovery decision is taken by an
 atomic Redis script (:mod:`orchestrator.control.liveness`) that only one of them can
 win, and every SQL transition is guarded by the run's epoch, so a node loss
-is resubmitted exactly once.
+is resubmitted exactly once. The tick also writes the workers' event stream
+to SQL (:mod:`orchestrator.control.projection`) and finds crashed nodes by
+their closed connections (:mod:`orchestrator.control.connections`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import threading
 import time
 from typing import Any
 
+import redis
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import validate_run_id
-from orchestrator.control.deployed import resolve_submission
+from orchestrator.control.deployed import Resolved, resolve_submission
 from orchestrator.control.liveness import Expired, LostDispatch
 from orchestrator.control.messages import SubmitMessage, sign
-from orchestrator.errors import InvalidInput, OrchestratorError, SubmissionRefused
+from orchestrator.control.projection import Projector
+from orchestrator.errors import InvalidInput, OrchestratorError, RunNotFound, SubmissionRefused
 from orchestrator.observability.metrics import QUEUES, bounded, gauges, metrics, set_run_counts
 from orchestrator.packages.model import Package
-from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK
+from orchestrator.runtime.broker import RECOVERY_QUEUE, RUN_QUEUE, RUN_TASK
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import NodeState
 from orchestrator.state.states import RunState
@@ -31,6 +36,8 @@ from orchestrator.state.states import RunState
 log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0
+RECOVERY_BATCHES = 2
+"""Event batches written before the tick's recoveries (the rest after them)."""
 
 
 class Scheduler:
@@ -41,6 +48,7 @@ class Scheduler:
         self.settings = services.settings
         self._stop = threading.Event()
         self._gauges_at = -GAUGE_INTERVAL
+        self.projector = Projector(services.events, services.projections, services.liveness.server_ms)
 
     # -- control messages ----------------------------------------------------------------
 
@@ -58,6 +66,16 @@ class Scheduler:
             self._refuse(run_id, payload, exc)
             return None
         repo.register_package(package)
+        return self._create(message, resolved)
+
+    def _create(self, message: SubmitMessage, resolved: Resolved) -> str:
+        """Record the run and its first dispatch in one transaction, then send the attempt."""
+        repo, liveness, package = self.services.repository, self.services.liveness, resolved.package
+        epoch = liveness.first_epoch(message.run_id)
+        if epoch is None:  # the run id has an epoch: a redelivered submission, or an earlier try failed
+            if self._recorded(message.run_id):
+                return message.run_id
+            epoch = liveness.fence_for_dispatch(message.run_id)
         max_restarts = (
             package.max_restarts if package.max_restarts is not None else self.settings.max_restarts
         )
@@ -68,15 +86,27 @@ class Scheduler:
             max_restarts=max_restarts,
             idempotency_key=message.idempotency_key,
             version=resolved.version,
+            epoch=epoch,
         )
-        if created:
-            metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
-        # A new run needs no read back (one SQL transaction less per submission).
-        if created or ((run := repo.run_row(run_id)).attempt == 0 and run.state is RunState.QUEUED):
+        if not created:  # the same submission under another run id (its idempotency key)
+            liveness.forget_run(message.run_id)
+            log.info("submission of run %s was already recorded as %s; nothing to do", message.run_id, run_id)
+            return run_id
+        metrics().runs_submitted.labels(package=bounded("package", package.name)).inc()
+        self._publish(run_id, 1, epoch, queue=RUN_QUEUE)
+        return run_id
+
+    def _recorded(self, run_id: str) -> bool:
+        """Whether SQL has the run (dispatching it if it was recorded but never dispatched)."""
+        try:
+            run = self.services.repository.run_row(run_id)
+        except RunNotFound:
+            return False
+        if run.attempt == 0 and run.state is RunState.QUEUED:
             self.dispatch(run_id)
         else:
             log.info("submission of run %s was already recorded; nothing to do", run_id)
-        return run_id
+        return True
 
     def _check_signature(self, payload: dict[str, Any]) -> None:
         key = self.settings.submit_key
@@ -104,16 +134,18 @@ class Scheduler:
         reason = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else "malformed submission"
         if isinstance(exc, InvalidInput) and not isinstance(exc, SubmissionRefused):
             reason = str(exc)
-        log.warning("submission %r refused: %s", run_id, reason)
         metrics().submissions_refused.inc()
         try:
             safe_id = validate_run_id(run_id)
         except ValueError:
+            log.warning("submission %r refused: %s", run_id, reason)
             return  # no usable id: nothing to record a refusal under (the log line says it)
         definition = payload.get("package") if isinstance(payload, dict) else None
         name = definition.get("name", "?") if isinstance(definition, dict) else definition
         name = name if isinstance(name, str) else "?"
+        # Recorded before it is logged: whoever reads the log finds the refusal in SQL.
         self.services.repository.record_refusal(safe_id, str(name), reason)
+        log.warning("submission %r refused: %s", run_id, reason)
 
     def resume(self, run_id: str) -> None:
         """Resume a failed or cancelled run from its checkpoint (a manual restart)."""
@@ -130,35 +162,64 @@ class Scheduler:
         self._send(run_id, epoch, reason=reason)
 
     def _send(self, run_id: str, epoch: int, *, reason: str | None, lost_at_ms: int | None = None) -> None:
-        dispatch = self.services.repository.record_dispatch(run_id, epoch, reason=reason)
+        repo = self.services.repository
+        dispatch = repo.record_dispatch(run_id, epoch, reason=reason)
+        if dispatch is None and (epoch := self._above_sql(run_id, epoch)):
+            dispatch = repo.record_dispatch(run_id, epoch, reason=reason)
         if dispatch is None:
             # The run ended, or a newer dispatch was recorded: its claim deadline is not ours to
             # drop (an ended run's entry is dropped when it comes due, in _resubmit).
             return
+        # Every attempt after the first continues a run: it goes ahead of runs not started yet.
+        queue = RUN_QUEUE if reason is None else RECOVERY_QUEUE
+        self._publish(run_id, dispatch.attempt, dispatch.epoch, queue=queue, lost_at_ms=lost_at_ms)
+
+    def _above_sql(self, run_id: str, epoch: int) -> int:
+        """A new epoch when Redis is behind SQL (a failover lost recent writes), else 0.
+
+        SQL refused ``epoch`` as already used; if Redis's epoch is not above SQL's either,
+        Redis forgot epochs SQL has seen, and the next one must start above SQL's.
+        """
+        try:
+            run = self.services.repository.run_row(run_id)
+        except RunNotFound:
+            return 0
+        if run.state.finished or run.epoch < epoch or self.services.liveness.epoch(run_id) > run.epoch:
+            return 0
+        log.warning(
+            "run %s: Redis is behind SQL (epoch %d, SQL %d): fencing above SQL", run_id, epoch, run.epoch
+        )
+        return self.services.liveness.fence_for_dispatch(run_id, after=run.epoch)
+
+    def _publish(
+        self, run_id: str, attempt: int, epoch: int, *, queue: str, lost_at_ms: int | None = None
+    ) -> None:
         self.services.app.send_task(
             RUN_TASK,
-            kwargs={
-                "run_id": run_id,
-                "attempt": dispatch.attempt,
-                "epoch": dispatch.epoch,
-                "lost_at_ms": lost_at_ms,
-            },
-            queue=RUN_QUEUE,
+            kwargs={"run_id": run_id, "attempt": attempt, "epoch": epoch, "lost_at_ms": lost_at_ms},
+            queue=queue,
         )
-        log.info("dispatched attempt %d of run %s (epoch %d)", dispatch.attempt, run_id, epoch)
+        log.info("dispatched attempt %d of run %s (epoch %d)", attempt, run_id, epoch)
 
     # -- the liveness tick -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One pass: rebuild after a Redis data loss, recover expired leases and lost dispatches,
+        """One pass: rebuild after a Redis data loss, expire the leases of nodes whose connection
+        closed, recover expired leases, write the event stream to SQL, recover lost dispatches,
         mark lost nodes. Its cost grows with what expired, not with the number of runs."""
         liveness = self.services.liveness
-        if not liveness.marker_present():
-            self.rebuild()
-        for run_id in liveness.expired_leases():
-            expired = liveness.fence_expired(run_id)
-            if expired is not None:
-                self._recover(expired)
+        marker, server = liveness.server_state()
+        if marker != server:  # Redis lost its data, or is another server (restart, failover)
+            self.rebuild(server)
+        self._check_connections()
+        fenced = [found for run_id in liveness.expired_leases() if (found := liveness.fence_expired(run_id))]
+        # Fenced attempts can append nothing more: written now, their last events precede node_lost.
+        # With a backlog (SQL was away) a few batches only: the recoveries must not wait for it all.
+        self.project(RECOVERY_BATCHES if fenced else None)
+        for expired in fenced:
+            self._recover(expired)
+        if fenced:
+            self.project()
         for run_id in liveness.overdue_dispatches():
             lost = liveness.take_lost_dispatch(run_id)
             if lost is not None:
@@ -167,6 +228,22 @@ class Scheduler:
             if liveness.take_lost_node(node):
                 self._node_lost(node)
         self._gauges()
+
+    def _check_connections(self) -> None:
+        """Expire at once the leases of nodes whose Redis connection closed (a crashed node)."""
+        connections = self.services.connections
+        for node, recorded in connections.gone():
+            runs = connections.expire_node(node, recorded)
+            log.warning("node %s closed its connection to Redis: %d run(s) to recover now", node, len(runs))
+
+    def project(self, max_batches: int | None = None) -> None:
+        """Write the workers' events to SQL (a failure is logged; recovery goes on regardless)."""
+        try:
+            self.projector.run(max_batches)
+        except (SQLAlchemyError, redis.RedisError) as exc:
+            log.error("writing worker events to SQL failed (they wait in Redis; retrying next tick): %s", exc)
+        except Exception:
+            log.exception("writing worker events to SQL failed (they wait in Redis; retrying next tick)")
 
     def _gauges(self) -> None:
         """Refresh the state gauges, at most once a second (one SQL count, a few Redis reads)."""
@@ -180,13 +257,14 @@ class Scheduler:
             m.queue_depth.labels(queue=queue).set(self.services.liveness.queue_depth(queue))
         set_run_counts(self.services.repository.count_by_state())
 
-    def rebuild(self) -> None:
-        """Re-create leases and pending claims from SQL (Redis started empty or lost its data)."""
+    def rebuild(self, server: str | None = None) -> None:
+        """Re-create missing leases and pending claims from SQL, and raise epochs to SQL's (Redis
+        started empty, lost its data, or is another server that may have missed recent writes)."""
         liveness = self.services.liveness
         active = self.services.repository.active_runs()
         for run in active:
             liveness.restore_run(run.run_id, run.epoch, run.node or "", run.attempt, running=run.claimed)
-        liveness.set_marker()
+        liveness.set_marker(server)
         log.warning("liveness rebuilt from SQL for %d active run(s)", len(active))
 
     def _recover(self, expired: Expired) -> None:
@@ -218,7 +296,11 @@ class Scheduler:
         self, run_id: str, old_epoch: int, epoch: int, node: str, reason: str, lost_at_ms: int
     ) -> None:
         repo = self.services.repository
-        run = repo.record_lost(run_id, old_epoch, epoch, node, reason=reason)
+        try:
+            run = repo.record_lost(run_id, old_epoch, epoch, node, reason=reason)
+        except RunNotFound:  # a submission whose transaction failed after its first fence
+            log.warning("run %s was never recorded: its claim deadline is dropped", run_id)
+            run = None
         if run is None:
             self.services.liveness.drop_pending(run_id)
             return

@@ -28,7 +28,7 @@ from orchestrator.state.states import RunState
 log = logging.getLogger(__name__)
 
 MAX_LABEL_VALUES = 500
-QUEUES = ("orchestrator.control", "orchestrator.runs")
+QUEUES = ("orchestrator.control", "orchestrator.runs", "orchestrator.recovery")
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
 _RECOVERY_BUCKETS = (0.5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60, float("inf"))
 _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
@@ -66,6 +66,7 @@ class Gauges:
     runs: Gauge
     worker_nodes_alive: Gauge
     queue_depth: Gauge
+    event_lag: Gauge
 
 
 _lock = threading.Lock()
@@ -154,6 +155,11 @@ def _create_gauges(registry: CollectorRegistry) -> Gauges:
         runs=gauge("orchestrator_runs", "Runs by state.", ("state",)),
         worker_nodes_alive=gauge("orchestrator_worker_nodes_alive", "Worker nodes sending heartbeats."),
         queue_depth=gauge("orchestrator_queue_depth", "Messages waiting in a queue.", ("queue",)),
+        event_lag=gauge(
+            "orchestrator_event_lag_seconds",
+            "Age (Redis clock) of the oldest worker event not yet written to SQL, or of the last "
+            "batch's oldest when it was written.",
+        ),
     )
 
 

@@ -2,8 +2,18 @@
 
 The Celery application is JSON only, with the acknowledgement policy below.
 
-Two queues: ``orchestrator.control`` carries submissions and resumes to the
-schedulers; ``orchestrator.runs`` carries attempts to the worker nodes.
+Three queues: ``orchestrator.control`` carries submissions and resumes to
+the schedulers; ``orchestrator.runs`` carries first attempts to the worker
+nodes, and ``orchestrator.recovery`` the attempts that continue a run
+(resubmitted after a node loss or a lost dispatch, or resumed by hand).
+Worker nodes read the recovery queue first (kombu's ``priority`` queue
+order: every poll asks for the recovery queue before the run queue), so a
+run that a node loss interrupted, which has already spent its time and is
+the one someone is waiting for, does not wait behind runs that have not
+started. New runs are not starved for long: the recovery queue only ever
+holds runs that were already running (at most the runs in flight when
+nodes were lost, each at most ``max_restarts`` times), and it empties as
+soon as that many pool processes come free.
 
 Acknowledgements: an attempt message is acknowledged when a worker process
 takes it (``acks_late`` off). Losing a node after that is not the broker's
@@ -26,10 +36,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.errors import ClusterUnavailable
+from orchestrator.runtime.redisurl import connect, is_sentinel, parse_sentinel
 from orchestrator.runtime.settings import Settings
 
 CONTROL_QUEUE = "orchestrator.control"
 RUN_QUEUE = "orchestrator.runs"
+RECOVERY_QUEUE = "orchestrator.recovery"
+WORKER_QUEUES = (RECOVERY_QUEUE, RUN_QUEUE)
+"""What a worker node reads, in priority order."""
 
 SUBMIT_TASK = "orchestrator.submit"
 RESUME_TASK = "orchestrator.resume"
@@ -42,7 +56,16 @@ DISCOVERY_FILE = "cluster.json"
 
 
 def create_app(broker_url: str) -> Celery:
-    """A Celery app on ``broker_url`` (Redis; password and ``rediss://`` TLS URLs work)."""
+    """A Celery app on ``broker_url`` (Redis; password, ``rediss://`` TLS and ``sentinel://`` URLs work)."""
+    transport: dict[str, object] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        # Poll the queues in the order a worker lists them (recovery first), every time.
+        "queue_order_strategy": "priority",
+    }
+    if is_sentinel(broker_url):
+        sentinel = parse_sentinel(broker_url)
+        broker_url = sentinel.kombu_url()
+        transport.update(sentinel.transport_options())
     app = Celery("orchestrator", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -64,7 +87,7 @@ def create_app(broker_url: str) -> Celery:
             RESUME_TASK: {"queue": CONTROL_QUEUE},
             RUN_TASK: {"queue": RUN_QUEUE},
         },
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -83,7 +106,7 @@ def create_app(broker_url: str) -> Celery:
 def ping(url: str, timeout: float = 0.5) -> bool:
     """True when the Redis at ``url`` answers PING within ``timeout`` seconds."""
     try:
-        client = redis.Redis.from_url(
+        client = connect(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,

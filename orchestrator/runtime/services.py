@@ -15,20 +15,30 @@ from typing import Any, TypeVar, cast
 
 import redis
 from celery import Celery
+from redis import Redis
 
 from checkpoints import FilesystemCheckpointStore
+from orchestrator.control.connections import NodeConnections
 from orchestrator.control.liveness import Liveness
-from orchestrator.runtime.broker import RUN_QUEUE, create_app, resolve_broker_url
+from orchestrator.control.stream import EventStream
+from orchestrator.runtime.broker import RECOVERY_QUEUE, RUN_QUEUE, create_app, resolve_broker_url
+from orchestrator.runtime.redisurl import connect
 from orchestrator.runtime.settings import Settings
 from orchestrator.state.engine import make_engine
 from orchestrator.state.migrate import upgrade
+from orchestrator.state.projection import Projections
 from orchestrator.state.repository import Repository
 
 T = TypeVar("T")
 
 
+PREFIX = "orch"
+"""The prefix of the liveness and event stream keys in Redis."""
+
+
 class Services:
-    """Lazily built, per-process: ``redis``, ``liveness``, ``repository``, ``app``, ``store``."""
+    """Lazily built, per-process: ``redis``, ``liveness``, ``events``, ``connections``,
+    ``repository``, ``projections``, ``app``, ``store``."""
 
     def __init__(self, settings: Settings, *, broker_url: str | None = None) -> None:
         self.settings = settings
@@ -62,27 +72,56 @@ class Services:
         return self._broker_url
 
     @property
+    def prefix(self) -> str:
+        return PREFIX
+
+    @property
     def redis(self) -> redis.Redis:
         return self._get(
-            "redis",
-            lambda: redis.Redis.from_url(self.broker_url, socket_timeout=5, socket_connect_timeout=5),
+            "redis", lambda: connect(self.broker_url, socket_timeout=5, socket_connect_timeout=5)
         )
 
     @property
     def liveness(self) -> Liveness:
-        return self._get(
-            "liveness",
-            lambda: Liveness(
-                self.redis,
-                lease_ttl=self.settings.lease_ttl,
-                claim_timeout=self.settings.claim_timeout,
-                run_queue=RUN_QUEUE,
-            ),
+        return self._get("liveness", lambda: self.liveness_on(self.redis))
+
+    def liveness_on(self, client: Redis) -> Liveness:
+        """The liveness scripts on another connection (a worker node's own)."""
+        return Liveness(
+            client,
+            lease_ttl=self.settings.lease_ttl,
+            claim_timeout=self.settings.claim_timeout,
+            prefix=self.prefix,
+            run_queue=RUN_QUEUE,
+            recovery_queue=RECOVERY_QUEUE,
+        )
+
+    @property
+    def events(self) -> EventStream:
+        return self._get("events", lambda: EventStream(self.redis, prefix=self.prefix))
+
+    @property
+    def connections(self) -> NodeConnections:
+        return self._get("connections", lambda: NodeConnections(self.redis, prefix=self.prefix))
+
+    def node_redis(self, node: str) -> Redis:
+        """The one connection a worker node keeps for its whole life, named and recorded
+        (:mod:`orchestrator.control.connections`); not cached: the node owns it."""
+        return connect(
+            self.broker_url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            single_connection_client=True,
+            redis_connect_func=self.connections.on_connect(node),
         )
 
     @property
     def repository(self) -> Repository:
         return self._get("repository", self._repository)
+
+    @property
+    def projections(self) -> Projections:
+        return self._get("projections", lambda: Projections(self.repository.sessions))
 
     def _repository(self) -> Repository:
         engine = make_engine(self.settings.database_url.get_secret_value())

@@ -175,9 +175,16 @@ class TaskRun(Base):
 
 
 class Event(Base):
-    """One entry of a run's timeline (``orchestrator events RUN_ID``)."""
+    """One entry of a run's timeline (``orchestrator events RUN_ID``).
+
+    ``source`` identifies an event that a worker sent through the event stream
+    (``<epoch>-<sequence>`` of its attempt); unique per run, so an event projected
+    twice (two schedulers, a batch replayed after a crash) is stored once.
+    Events the control plane writes itself have none.
+    """
 
     __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("run_id", "source"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -186,8 +193,24 @@ class Event(Base):
     node: Mapped[str | None] = mapped_column(String(128))
     attempt: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str | None] = mapped_column(String(64))
 
     run: Mapped[Run] = relationship(back_populates="events")
+
+
+class Projection(Base):
+    """How far a stream in Redis has been written to SQL: the id of its last projected entry.
+
+    Advanced in the same transaction as the rows it covers, so a batch is
+    projected entirely or not at all, and only by one scheduler at a time
+    (the row is locked for the batch).
+    """
+
+    __tablename__ = "projections"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Node(Base):

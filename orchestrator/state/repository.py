@@ -1,21 +1,24 @@
 """Run state in SQL: every transition of a run, its attempts, tasks and events.
 
-Writes made on behalf of an attempt are *fenced*: they run in a transaction
-that first locks the run row and checks that the run's epoch is still the
-attempt's, raising :class:`~orchestrator.errors.AttemptFenced` otherwise. A zombie
-attempt therefore cannot record a task, an event or an outcome once a newer
-attempt owns the run.
+Writes made on behalf of an attempt (its claim and its outcome) are *fenced*:
+they run in a transaction that first locks the run row and checks that the
+run's epoch is still the attempt's, raising
+:class:`~orchestrator.errors.AttemptFenced` otherwise. A zombie attempt
+therefore cannot record a claim or an outcome once a newer attempt owns the
+run. What an attempt reports while it runs (tasks, items, checkpoints) does
+not come here directly: it goes through the event stream, fenced in Redis,
+and is written in batches (:mod:`orchestrator.state.projection`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +27,8 @@ from orchestrator.packages.model import Package
 from orchestrator.state.engine import session_factory
 from orchestrator.state.models import Attempt, AttemptState, Event, Node, NodeState, Run, TaskRun
 from orchestrator.state.models import Package as PackageRow
+from orchestrator.state.projection import write_records
+from orchestrator.state.records import Record
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.types import utcnow
 
@@ -43,15 +48,6 @@ class Dispatch:
     run_id: str
     attempt: int
     epoch: int
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A task (``item`` None) or one foreach item finished, waiting to be recorded."""
-
-    task_id: str
-    item: Any
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -148,12 +144,14 @@ class Repository:
         max_restarts: int,
         idempotency_key: str | None = None,
         version: int | None = None,
+        epoch: int | None = None,
     ) -> tuple[str, bool]:
         """Record a submitted run; return ``(run_id, created)``.
 
-        A retried submission (same run id, or same idempotency key) creates
-        nothing and returns the existing run's id. ``version`` is the catalog
-        version of a deployed package (None for an inline one).
+        With ``epoch``, its first dispatch (attempt 1 under that epoch) is recorded in
+        the same transaction. A retried submission (same run id, or same idempotency
+        key) creates nothing and returns the existing run's id. ``version`` is the
+        catalog version of a deployed package (None for an inline one).
         """
         try:
             with self.sessions.begin() as session:
@@ -171,11 +169,16 @@ class Repository:
                         variables=dict(variables),
                         idempotency_key=idempotency_key,
                         package_version=version,
+                        attempt=0 if epoch is None else 1,
+                        epoch=epoch or 0,
                     )
                 )
                 session.flush()
                 shown: dict[str, Any] = {"version": version} if version is not None else {}
                 self._event(session, run_id, "submitted", package=package.name, **shown)
+                if epoch is not None:
+                    session.add(Attempt(run_id=run_id, number=1, epoch=epoch))
+                    self._event(session, run_id, "dispatched", attempt=1, epoch=epoch)
         except IntegrityError:
             existing = self._existing(run_id, idempotency_key)
             if existing is None:
@@ -189,12 +192,14 @@ class Repository:
 
     @staticmethod
     def _existing_in(session: Session, run_id: str, idempotency_key: str | None) -> str | None:
-        if session.get(Run, run_id) is not None:
-            return run_id
-        if idempotency_key is None:
-            return None
-        found = session.execute(select(Run.id).where(Run.idempotency_key == idempotency_key))
-        return found.scalar_one_or_none()
+        """The run with this id, else the one with this idempotency key (one query)."""
+        match = (
+            Run.id == run_id
+            if idempotency_key is None
+            else or_(Run.id == run_id, Run.idempotency_key == idempotency_key)
+        )
+        found = list(session.scalars(select(Run.id).where(match)))
+        return run_id if run_id in found else next(iter(found), None)
 
     def record_refusal(self, run_id: str, package: str, reason: str) -> None:
         """A submission refused at the trust boundary: a failed run with the reason, and an event."""
@@ -337,7 +342,8 @@ class Repository:
             session.expunge(run)
             return run
 
-    def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> None:
+    def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> Run:
+        """Record the claim (fenced); return the run as the attempt needs it (one transaction)."""
         with self.fenced(run_id, epoch) as (session, run):
             now = utcnow()
             run.state, run.node = RunState.RUNNING, node
@@ -348,118 +354,9 @@ class Repository:
                 .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
             )
             self._event(session, run_id, "claimed", node=node, attempt=attempt, epoch=epoch)
-
-    def record_resumed(self, run_id: str, epoch: int, attempt: int, node: str, skipped: list[str]) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._event(
-                session,
-                run_id,
-                "resumed",
-                node=node,
-                attempt=attempt,
-                skipped=len(skipped),
-                tasks=skipped,
-            )
-            for task_id in skipped:
-                row = session.get(TaskRun, (run_id, task_id))
-                if row is None:
-                    session.add(
-                        TaskRun(
-                            run_id=run_id,
-                            task_id=task_id,
-                            state=TaskState.SUCCEEDED,
-                            attempt=attempt,
-                        )
-                    )
-
-    def task_started(self, run_id: str, epoch: int, attempt: int, task_id: str, try_number: int) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            row = session.get(TaskRun, (run_id, task_id))
-            if row is None:
-                row = TaskRun(run_id=run_id, task_id=task_id)
-                session.add(row)
-            row.state, row.attempt, row.tries = TaskState.RUNNING, attempt, try_number
-            row.started_at, row.finished_at, row.error = utcnow(), None, None
-
-    def task_finished(
-        self,
-        run_id: str,
-        epoch: int,
-        attempt: int,
-        node: str,
-        task_id: str,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._task_finished(session, run_id, attempt, node, task_id, state, seconds, error)
-
-    def _task_finished(
-        self,
-        session: Session,
-        run_id: str,
-        attempt: int,
-        node: str,
-        task_id: str,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None:
-        row = session.get(TaskRun, (run_id, task_id))
-        if row is None:
-            row = TaskRun(run_id=run_id, task_id=task_id, attempt=attempt)
-            session.add(row)
-        row.state, row.error, row.finished_at = state, error, utcnow()
-        row.duration_seconds = seconds
-        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
-        detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
-        if error:
-            detail["error"] = error
-        self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
-
-    def record_completion(
-        self,
-        run_id: str,
-        epoch: int,
-        attempt: int,
-        node: str,
-        completion: Completion,
-        checkpoint_bytes: int | None,
-    ) -> None:
-        """A task or foreach item done and the checkpoint that records it: one transaction."""
-        with self.fenced(run_id, epoch) as (session, _):
-            if completion.item is None:
-                self._task_finished(
-                    session,
-                    run_id,
-                    attempt,
-                    node,
-                    completion.task_id,
-                    TaskState.SUCCEEDED,
-                    completion.seconds,
-                    None,
-                )
-            else:
-                self._event(
-                    session,
-                    run_id,
-                    "item_done",
-                    node=node,
-                    attempt=attempt,
-                    task=completion.task_id,
-                    item=completion.item,
-                )
-            if checkpoint_bytes is not None:
-                self._event(
-                    session, run_id, "checkpoint_saved", node=node, attempt=attempt, bytes=checkpoint_bytes
-                )
-
-    def record_event(
-        self, run_id: str, epoch: int, kind: str, node: str, attempt: int, **detail: Any
-    ) -> None:
-        with self.fenced(run_id, epoch) as (session, _):
-            self._event(session, run_id, kind, node=node, attempt=attempt, **detail)
+            session.flush()
+            session.expunge(run)
+            return run
 
     def finish_attempt(
         self,
@@ -470,9 +367,16 @@ class Repository:
         state: RunState,
         error: str | None,
         tasks: Mapping[str, TaskState],
+        records: Sequence[Record] = (),
     ) -> None:
-        """Record the attempt's outcome as the run's (fenced)."""
+        """Record the attempt's outcome as the run's (fenced).
+
+        ``records`` are what the attempt reported that may not be in SQL yet: they are
+        written first, in the same transaction, so the timeline is complete and in order
+        once the run has ended (those already written are skipped).
+        """
         with self.fenced(run_id, epoch) as (session, run):
+            write_records(session, records, locked={run_id: (run.attempt, run.state)})
             now = utcnow()
             run.state, run.error, run.finished_at = state, error, now
             session.execute(
@@ -480,8 +384,10 @@ class Repository:
                 .where(Attempt.run_id == run_id, Attempt.number == attempt)
                 .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
             )
+            found = session.scalars(select(TaskRun).where(TaskRun.run_id == run_id))
+            rows = {row.task_id: row for row in found}
             for task_id, task_state in tasks.items():
-                row = session.get(TaskRun, (run_id, task_id))
+                row = rows.get(task_id)
                 if row is None:
                     session.add(TaskRun(run_id=run_id, task_id=task_id, state=task_state, attempt=attempt))
                 elif (

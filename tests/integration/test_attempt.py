@@ -372,27 +372,56 @@ def test_a_cancel_before_the_claim_ends_the_run_without_running_it(harness: Harn
     assert len(harness.messages(run_id)) == 1
 
 
-def test_a_database_failure_during_a_task_is_not_a_task_failure(harness: Harness) -> None:
-    """The state database failing while a task starts must not fail the task (nor the run):
-    the attempt stops and keeps its lease, which expires, and the run is resubmitted."""
+def test_a_database_failure_at_the_outcome_is_not_a_run_failure(harness: Harness) -> None:
+    """SQL is only written at the claim and the outcome now (tasks report through Redis). The
+    database failing when the outcome is written must not fail the run: the attempt stops and
+    keeps its lease, which expires, and the run is resubmitted and finishes from its checkpoint."""
     from sqlalchemy.exc import OperationalError
 
     run_id = harness.submit(package(task("a"), task("b", "a"), task("c", "b")))
     n1 = harness.node("n1")
-    real = n1.services.repository.task_started
 
-    def broken(run: str, epoch: int, attempt: int, task_id: str, try_number: int) -> None:
-        if task_id == "b":
-            raise OperationalError("UPDATE task_runs", {}, Exception("server closed the connection"))
-        real(run, epoch, attempt, task_id, try_number)
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("UPDATE runs", {}, Exception("server closed the connection"))
 
-    n1.services.repository.task_started = broken  # type: ignore[method-assign]
+    n1.services.repository.finish_attempt = broken  # type: ignore[method-assign]
     with pytest.raises(Exception, match="run-state database failed"):
         n1.run(harness.last(run_id))
     run = harness.repo.run_row(run_id)
     assert run.state is RunState.RUNNING and run.error is None, "nothing was reported as failed"
     assert harness.liveness.lease_owner(run_id) != {}, "the lease is left to expire"
-    assert T.count(harness.log(), "start", "b") == 0
     harness.tick_until(lambda: len(harness.messages(run_id)) == 2, "the run to be resubmitted")
     result = harness.node("n2").run(harness.last(run_id))
-    assert result is not None and result.state is RunState.SUCCEEDED and result.skipped == ["a"]
+    assert result is not None and result.state is RunState.SUCCEEDED and result.skipped == ["a", "b", "c"]
+    for name in ("a", "b", "c"):
+        assert T.count(harness.log(), "start", name) == 1, f"{name} ran again"
+
+
+def test_events_that_cannot_reach_redis_during_a_task_are_not_a_task_failure(harness: Harness) -> None:
+    """Appending the attempt's events failing (Redis unreachable for a while) fails nothing: the
+    events are kept, and the outcome transaction writes them, in order, before ``finished``."""
+    import redis
+
+    run_id = harness.submit(package(task("a"), task("b", "a"), task("c", "b")))
+    n1 = harness.node("n1")
+    real = n1.services.events.append
+    calls: list[int] = []
+
+    def flaky(run: str, epoch: int, records: Any) -> Any:
+        calls.append(len(records))
+        if len(calls) <= 2:
+            raise redis.ConnectionError("the test cut Redis off for the events")
+        return real(run, epoch, records)
+
+    n1.services.events.append = flaky  # type: ignore[method-assign]
+    result = n1.run(harness.last(run_id))
+    assert result is not None and result.state is RunState.SUCCEEDED
+    assert len(calls) >= 3, "the failed appends were retried with the next one"
+    assert kinds(harness, run_id) == [
+        "submitted",
+        "dispatched",
+        "claimed",
+        *["task_done", "checkpoint_saved"] * 3,
+        "finished",
+    ]
+    assert task_states(harness, run_id) == dict.fromkeys("abc", TaskState.SUCCEEDED)

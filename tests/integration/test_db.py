@@ -39,7 +39,7 @@ from orchestrator.state import (
 from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
-TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes"}
+TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes", "projections"}
 TABLES |= {"package_versions", "schedules", "maintenance"}
 
 # Run by each child process: wait at a barrier so all children hit the
@@ -378,6 +378,7 @@ def test_the_catalog_migration_goes_down_and_up_again(database_engine: Engine) -
         "package_versions",
         "schedules",
         "maintenance",
+        "projections",
     } | {"alembic_version"}
     assert "package_version" not in {c["name"] for c in inspect(database_engine).get_columns("runs")}
     upgrade(database_engine)

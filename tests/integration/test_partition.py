@@ -15,6 +15,7 @@ does not share. Skipped, with the reason, where a network namespace cannot be cr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_partitioned_node_is_fenced_and_the_run_finishes_on_the_other_side(
             cluster.start_node("node-near")
             cluster.wait_nodes("node-near")
 
+            cut_at = time.time()
             namespace.cut()
             wait_until(
                 lambda: holding(cluster, 2),
@@ -95,3 +97,7 @@ def test_partitioned_node_is_fenced_and_the_run_finishes_on_the_other_side(
     assert kinds.count("finished") == 1 and kinds.count("resubmitted") == 1
     (lost,) = [e for e in repo.events(run_id) if e.kind == "node_lost"]
     assert lost.node == "node-far"
+    # The cut connection stays open on Redis's side: no early suspicion, the lease decides. Its
+    # last renewal was at most one heartbeat (0.5 s) before the cut; the lease TTL is 2 s.
+    detected = lost.at.timestamp() - cut_at
+    assert 1.5 - 0.1 <= detected < 2 + 3, f"node loss recorded {detected:.2f} s after the cut"

@@ -28,7 +28,7 @@ from orchestrator.control.liveness import Claim, Liveness
 from orchestrator.control.scheduler import Scheduler
 from orchestrator.errors import RunStateConflict
 from orchestrator.packages.validation import parse_package
-from orchestrator.runtime.broker import RUN_QUEUE, RUN_TASK, SUBMIT_TASK
+from orchestrator.runtime.broker import RECOVERY_QUEUE, RUN_QUEUE, RUN_TASK, SUBMIT_TASK
 from orchestrator.runtime.services import Services
 from orchestrator.runtime.settings import Settings
 from orchestrator.state import AttemptState
@@ -94,6 +94,10 @@ class InProcessServices(Services):
     @property
     def app(self) -> Any:
         return self.recorder
+
+    @property
+    def prefix(self) -> str:
+        return self.namespace
 
     @property
     def liveness(self) -> Liveness:
@@ -264,7 +268,9 @@ class Harness:
         for services in self.made:
             for sent in services.recorder.sent:
                 if sent.name == RUN_TASK and run_id in (None, sent.kwargs["run_id"]):
-                    assert sent.queue == RUN_QUEUE
+                    # A first attempt waits behind nothing else; every later one continues a run
+                    # and goes ahead of runs not started yet.
+                    assert sent.queue == (RUN_QUEUE if sent.kwargs["attempt"] == 1 else RECOVERY_QUEUE)
                     found.append(AttemptMessage(**sent.kwargs))
         return found
 

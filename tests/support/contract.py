@@ -25,4 +25,5 @@ METRICS = {
     "orchestrator_schedule_runs": "counter",
     "orchestrator_schedule_lag_seconds": "histogram",
     "orchestrator_purged": "counter",
+    "orchestrator_event_lag_seconds": "gauge",
 }

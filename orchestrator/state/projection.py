@@ -1,0 +1,227 @@
+"""Writing records to SQL: the schedulers' batches, and an attempt's outcome transaction.
+
+A batch is one transaction: it locks the projection's row (``projections``),
+reads the stream entries after the position stored there, writes them and
+moves the position past them. So a batch is written entirely or not at all,
+and a batch that was not committed (SQL down, the scheduler killed) is read
+again by the next one. Schedulers take turns: one that finds the row locked
+skips its batch (``SKIP LOCKED``; SQLite serialises every transaction anyway).
+
+The runs a batch touches are locked first, in id order, before anything is
+written: an attempt's outcome transaction (which locks its run, then writes
+the records the batches have not reached yet, see
+:meth:`~orchestrator.state.repository.Repository.finish_attempt`) and a batch
+then never wait for each other in a cycle, and a record already written by
+one is skipped by the other (``source`` is unique per run).
+
+A record changes a task's state only while its attempt is the run's current
+one and the run has not ended: once the outcome is recorded it is the truth,
+and a late record only fills in a task's duration or error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.state.models import Event, Projection, Run, TaskRun
+from orchestrator.state.records import Record, TaskChange
+from orchestrator.state.states import RunState, TaskState
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events"
+"""The projection row of the event stream."""
+START = "0-0"
+
+Entry = tuple[str, Record | None]
+"""A stream entry: its id, and the record (``None``: unreadable, logged and skipped)."""
+Reader = Callable[[str], Sequence[Entry]]
+"""Reads the stream entries after a position (at most a batch)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one batch did: stream entries consumed, records written, the position now."""
+
+    entries: int
+    written: int
+    position: str
+    first: str | None  # the id of the batch's first entry (its age is the projection's lag)
+
+
+class Projections:
+    """The SQL side of the projection (see the module docstring)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def position(self, name: str = EVENTS) -> str:
+        """The id of the last entry written to SQL (``0-0``: none yet)."""
+        with self.sessions() as session:
+            found = session.scalar(select(Projection.position).where(Projection.name == name))
+        return found or START
+
+    def project(self, read: Reader, name: str = EVENTS) -> Batch | None:
+        """Write the next batch in one transaction; ``None`` if another scheduler is writing one."""
+        with self.sessions.begin() as session:
+            row = self._lock(session, name)
+            if row is None:
+                return None
+            entries = read(row.position)
+            if not entries:
+                return Batch(0, 0, row.position, None)
+            written = write_records(session, [record for _, record in entries if record is not None])
+            row.position = entries[-1][0]
+            return Batch(len(entries), written, row.position, entries[0][0])
+
+    @staticmethod
+    def _lock(session: Session, name: str) -> Projection | None:
+        query = select(Projection).where(Projection.name == name).with_for_update(skip_locked=True)
+        row = session.execute(query).scalar_one_or_none()
+        if row is not None:
+            return row
+        if session.scalar(select(Projection.name).where(Projection.name == name)) is not None:
+            return None  # locked by another scheduler's batch
+        row = Projection(name=name, position=START)
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            return None  # another scheduler created it just now
+        return row
+
+
+def write_records(
+    session: Session, records: Sequence[Record], locked: Mapping[str, tuple[int, RunState]] | None = None
+) -> int:
+    """Write the records not written yet, in order, with the task states they imply.
+
+    Locks the runs they belong to (in id order) but those ``locked`` already (with
+    their attempt and state); records of a run that does not exist are logged and
+    skipped. Returns how many records were new.
+    """
+    if not records:
+        return 0
+    locked = dict(locked or {})
+    others = sorted({record.run_id for record in records} - set(locked))
+    runs = {**locked, **(_lock_runs(session, others) if others else {})}
+    written = _written(session, list(runs), records)
+    events: list[dict[str, Any]] = []
+    changes: list[tuple[Record, TaskChange, bool]] = []
+    new = 0
+    for record in records:
+        run = runs.get(record.run_id)
+        if run is None:
+            log.warning("record %s of unknown run %r skipped", record.source, record.run_id)
+            continue
+        if (record.run_id, record.source) in written:
+            continue
+        handler = HANDLERS.get(record.type)
+        if handler is None:
+            log.error("record %s of run %s is of unknown type %r: skipped", record.source, run, record.type)
+            continue
+        new += 1
+        handler(record, events)
+        if record.attempt == run[0]:
+            changes.extend((record, change, run[1].finished) for change in record.tasks)
+        if record.kind is not None:
+            written.add((record.run_id, record.source))
+    if events:
+        session.execute(insert(Event), events)
+    _apply_changes(session, changes)
+    return new
+
+
+def _lock_runs(session: Session, run_ids: list[str]) -> dict[str, tuple[int, RunState]]:
+    """The runs' current attempt and state, their rows locked in id order (no deadlock)."""
+    query = select(Run.id, Run.attempt, Run.state).where(Run.id.in_(run_ids)).order_by(Run.id)
+    return {run_id: (attempt, state) for run_id, attempt, state in session.execute(query.with_for_update())}
+
+
+def _written(session: Session, run_ids: list[str], records: Iterable[Record]) -> set[tuple[str, str | None]]:
+    sources = sorted({record.source for record in records if record.kind is not None})
+    if not sources:
+        return set()
+    query = select(Event.run_id, Event.source).where(Event.run_id.in_(run_ids), Event.source.in_(sources))
+    return {(run_id, source) for run_id, source in session.execute(query).all()}
+
+
+def _event(record: Record, events: list[dict[str, Any]]) -> None:
+    """A timeline entry (and the task states it carries)."""
+    if record.kind is None:
+        return
+    events.append(
+        {
+            "run_id": record.run_id,
+            "at": record.when,
+            "kind": record.kind,
+            "node": record.node,
+            "attempt": record.attempt,
+            "detail": record.detail,
+            "source": record.source,
+        }
+    )
+
+
+def _task(record: Record, events: list[dict[str, Any]]) -> None:
+    """Task states only (a task started): nothing for the timeline."""
+
+
+HANDLERS: dict[str, Callable[[Record, list[dict[str, Any]]], None]] = {"event": _event, "task": _task}
+"""Record types and how each is written; a new kind of record (log lines) adds its own."""
+
+
+def _apply_changes(session: Session, changes: list[tuple[Record, TaskChange, bool]]) -> None:
+    if not changes:
+        return
+    keys = {(record.run_id, change.task_id) for record, change, _ in changes}
+    run_ids = sorted({run_id for run_id, _ in keys})
+    rows = {
+        (row.run_id, row.task_id): row
+        for row in session.execute(select(TaskRun).where(TaskRun.run_id.in_(run_ids))).scalars()
+        if (row.run_id, row.task_id) in keys
+    }
+    for record, change, ended in changes:
+        key = (record.run_id, change.task_id)
+        row = rows.get(key)
+        if row is None:
+            if ended:
+                continue  # the outcome listed every task; a task it does not know is not ours to add
+            row = rows[key] = TaskRun(run_id=record.run_id, task_id=change.task_id, attempt=record.attempt)
+            row.state, row.tries = TaskState.PENDING, 0
+            session.add(row)
+        elif change.create_only:
+            continue
+        _change(row, record, change, ended)
+
+
+def _change(row: TaskRun, record: Record, change: TaskChange, ended: bool) -> None:
+    when: datetime = record.when
+    if ended:
+        # The outcome already set the state; fill in what only the record knows.
+        if change.state is not None and row.state.value == change.state:
+            row.duration_seconds = change.seconds if change.seconds is not None else row.duration_seconds
+            row.error = change.error if change.error is not None else row.error
+            row.finished_at = row.finished_at or when
+        return
+    if change.started:
+        row.started_at, row.finished_at, row.error = when, None, None
+    if change.tries is not None:
+        row.tries = change.tries
+    if change.state is not None:
+        state = TaskState(change.state)
+        row.state, row.attempt = state, record.attempt
+        if state not in (TaskState.RUNNING, TaskState.PENDING):
+            row.finished_at = when
+    if change.seconds is not None:
+        row.duration_seconds = change.seconds
+    if change.error is not None:
+        row.error = change.error

@@ -1,0 +1,147 @@
+"""The attempt reporter against an in-memory event stream: batching, threads, fencing, Redis failing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.control.stream import Appended
+from orchestrator.state.records import Record
+from orchestrator.state.states import RunState, TaskState
+from tests.support.cli import wait_until
+from workers.errors import AttemptFenced
+from workers.executor import RunResult
+from workers.reporter import FLUSH_DELAY, AttemptReporter
+
+
+class StubStream:
+    """Appends to a list; can refuse (fenced) or fail (Redis away); reports a projected position."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Record]] = []
+        self.calls = 0
+        self.fenced = False
+        self.failing = 0
+        self.projected = "0-0"
+        self._lock = threading.Lock()
+
+    def append(self, run_id: str, epoch: int, records: list[str]) -> Appended | None:
+        with self._lock:
+            self.calls += 1
+            if self.failing:
+                self.failing -= 1
+                raise redis.ConnectionError("the test cut Redis off")
+            if self.fenced:
+                return None
+            ids = []
+            for raw in records:
+                entry_id = f"{len(self.entries) + 1}-0"
+                self.entries.append((entry_id, Record.decode(raw)))
+                ids.append(entry_id)
+            return Appended(ids, self.projected)
+
+
+def reporter(stream: StubStream) -> AttemptReporter:
+    return AttemptReporter(stream, "run-1", 3, 2, "n1")  # type: ignore[arg-type]
+
+
+def done(r: AttemptReporter, task: str) -> None:
+    r.task_started(task, None, 1)
+    r.task_finished(task, None, TaskState.SUCCEEDED, 0.01, None)
+    r.checkpoint_saved(100, 0.001, "task")
+
+
+def kinds(stream: StubStream) -> list[str | None]:
+    return [record.kind for _, record in stream.entries]
+
+
+def test_a_task_costs_one_append_with_its_start_finish_and_checkpoint() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    done(r, "a")
+    done(r, "b")
+    assert stream.calls == 2
+    assert kinds(stream) == [None, "task_done", "checkpoint_saved"] * 2
+    records = [record for _, record in stream.entries]
+    assert [record.source for record in records] == [f"3-{n}" for n in range(1, 7)]
+    assert records[0].tasks[0].state == "running" and records[1].tasks[0].seconds == 0.01
+    assert all((rec.run_id, rec.epoch, rec.attempt, rec.node) == ("run-1", 3, 2, "n1") for rec in records)
+
+
+def test_a_start_alone_is_appended_after_the_flush_delay() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    started = time.monotonic()
+    r.task_started("long", None, 1)
+    assert stream.calls == 0
+    wait_until(lambda: stream.entries, timeout=5, what="the start to be appended")
+    assert time.monotonic() - started >= FLUSH_DELAY * 0.9
+    assert stream.entries[0][1].tasks[0].task_id == "long"
+
+
+def test_hooks_from_many_threads_report_everything_once() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    threads = [
+        threading.Thread(target=lambda n=n: [done(r, f"t{n}-{i}") for i in range(20)]) for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    r.run_finished(RunResult("run-1", "pkg", RunState.SUCCEEDED, {}))
+    sources = [record.source for _, record in stream.entries]
+    assert len(sources) == len(set(sources)) == 8 * 20 * 3
+    assert sorted(int(s.split("-")[1]) for s in sources) == list(range(1, 481))
+
+
+def test_a_refused_append_stops_the_attempt() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    done(r, "a")
+    stream.fenced = True
+    with pytest.raises(AttemptFenced, match="refused"):
+        done(r, "b")
+    with pytest.raises(AttemptFenced):
+        r.task_started("c", None, 1)
+    assert kinds(stream) == [None, "task_done", "checkpoint_saved"]
+
+
+def test_records_redis_did_not_take_are_kept_and_sent_later() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    stream.failing = 2
+    done(r, "a")
+    done(r, "b")  # both appends fail: nothing is lost, nothing raised
+    assert stream.entries == []
+    assert [record.kind for record in r.unprojected()] == [None, "task_done", "checkpoint_saved"] * 2
+    done(r, "c")
+    assert len(stream.entries) == 9 and kinds(stream)[-1] == "checkpoint_saved"
+
+
+def test_what_sql_holds_is_forgotten_and_the_rest_kept_for_the_outcome() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    done(r, "a")
+    stream.projected = "3-0"  # the projection has written the first three entries
+    done(r, "b")
+    left = r.unprojected()
+    assert [record.source for record in left] == ["3-4", "3-5", "3-6"]
+
+
+def test_a_resume_lists_the_skipped_tasks_and_marks_them_succeeded() -> None:
+    stream = StubStream()
+    r = reporter(stream)
+    r.run_started("run-1", True, ["a", "b"])
+    r.run_finished(RunResult("run-1", "pkg", RunState.SUCCEEDED, {}))
+    (entry,) = stream.entries
+    record: Any = entry[1]
+    assert (record.kind, record.detail) == ("resumed", {"skipped": 2, "tasks": ["a", "b"]})
+    assert [(c.task_id, c.state, c.create_only) for c in record.tasks] == [
+        ("a", "succeeded", True),
+        ("b", "succeeded", True),
+    ]

@@ -1,0 +1,214 @@
+"""What an attempt reports while it runs: records appended to the event stream, fenced by its epoch.
+
+No SQL while tasks run. The :class:`AttemptReporter` turns the executor's
+hooks into :class:`~orchestrator.state.records.Record`\\ s and appends them in
+batches with one fenced script call (:class:`~orchestrator.control.stream.EventStream`):
+
+* a finished task or item, and the checkpoint write that records it, are
+  appended together as soon as that write is durable (one Redis call per task);
+* a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
+  append, so a long task shows as running at once and a short one costs no
+  call of its own;
+* a refused append (the attempt was fenced) stops the attempt: the next hook
+  raises :class:`~workers.errors.AttemptFenced`;
+* an append that fails (Redis away) keeps its records and is tried again
+  with the next one; the lease decides whether the attempt may go on.
+
+The reporter remembers what it appended until the projection has written it
+to SQL (each append returns the projected position), and the attempt's
+outcome transaction writes whatever is left (:meth:`unprojected`), so a
+finished run's timeline is complete in SQL even if Redis then loses its data.
+Hooks may be called from several threads: every method takes the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis
+
+from orchestrator.control.stream import EventStream, parse_id
+from orchestrator.packages.model import ForeachItem
+from orchestrator.state.records import Record, TaskChange
+from orchestrator.state.states import TaskState
+from workers.errors import AttemptFenced
+from workers.executor import ExecutionHooks, RunResult
+
+log = logging.getLogger(__name__)
+
+FLUSH_DELAY = 0.05
+"""Seconds a record may wait for company before it is appended on its own."""
+
+
+class AttemptReporter(ExecutionHooks):
+    """Execution hooks that report one attempt through the event stream (see the module docstring)."""
+
+    def __init__(self, stream: EventStream, run_id: str, epoch: int, attempt: int, node: str) -> None:
+        self.stream = stream
+        self.run_id, self.epoch, self.attempt, self.node = run_id, epoch, attempt, node
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._buffer: list[Record] = []  # not appended yet
+        self._sent: list[tuple[tuple[int, int], Record]] = []  # appended, maybe not in SQL yet
+        self._fenced: AttemptFenced | None = None
+        self.appends = 0
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None:
+        if resumed:
+            changes = tuple(TaskChange(t, state=TaskState.SUCCEEDED.value, create_only=True) for t in skipped)
+            self._add("event", "resumed", {"skipped": len(skipped), "tasks": skipped}, changes)
+
+    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
+        if item is None:
+            change = TaskChange(task_id, state=TaskState.RUNNING.value, tries=try_number, started=True)
+            self._add("task", None, {}, (change,))
+
+    def task_finished(
+        self, task_id: str, item: ForeachItem | None, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        if item is not None:
+            if state is TaskState.SUCCEEDED:
+                self._add("event", "item_done", {"task": task_id, "item": item}, ())
+            return
+        detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
+        if error:
+            detail["error"] = error
+        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
+        change = TaskChange(task_id, state=state.value, seconds=seconds, error=error)
+        self._add("event", kind, detail, (change,))
+
+    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
+        if reason in ("task", "item"):
+            self._add("event", "checkpoint_saved", {"bytes": size}, (), flush=True)
+
+    def run_finished(self, result: RunResult) -> None:
+        with self._lock:
+            self._flush()
+
+    # -- the buffer --------------------------------------------------------------------
+
+    def unprojected(self) -> list[Record]:
+        """Every record of this attempt that may not be in SQL yet, in order."""
+        with self._lock:
+            return [record for _, record in self._sent] + list(self._buffer)
+
+    def flush(self) -> None:
+        """Append what is buffered now (the background flusher calls it)."""
+        with self._lock:
+            if self._fenced is None:
+                self._flush()
+
+    def _add(
+        self,
+        type_: str,
+        kind: str | None,
+        detail: dict[str, Any],
+        tasks: tuple[TaskChange, ...],
+        *,
+        flush: bool = False,
+    ) -> None:
+        with self._lock:
+            if self._fenced is not None:
+                raise self._fenced
+            self._seq += 1
+            record = Record(
+                type_,
+                self.run_id,
+                self.epoch,
+                self.attempt,
+                self.node,
+                self._seq,
+                time.time(),
+                kind,
+                detail,
+                tasks,
+            )
+            self._buffer.append(record)
+            if flush:
+                self._flush()
+                if self._fenced is not None:
+                    raise self._fenced
+            else:
+                _flusher().schedule(self)
+
+    def _flush(self) -> None:
+        """Append the buffer in one call (the lock is held)."""
+        if not self._buffer or self._fenced is not None:
+            return
+        try:
+            appended = self.stream.append(self.run_id, self.epoch, [r.encode() for r in self._buffer])
+        except redis.RedisError as exc:
+            log.warning("events of run %s not appended yet (kept, retried): %s", self.run_id, exc)
+            return
+        self.appends += 1
+        if appended is None:
+            self._fenced = AttemptFenced(
+                f"attempt {self.attempt} of run {self.run_id!r}: events refused (a newer epoch exists)"
+            )
+            return
+        self._sent.extend(zip((parse_id(i) for i in appended.ids), self._buffer, strict=True))
+        self._buffer = []
+        projected = parse_id(appended.projected)
+        if self._sent and self._sent[0][0] <= projected:
+            self._sent = [(position, record) for position, record in self._sent if position > projected]
+
+
+class _Flusher(threading.Thread):
+    """One thread per process that appends the reporters' buffered records after FLUSH_DELAY."""
+
+    def __init__(self) -> None:
+        super().__init__(name="event-flusher", daemon=True)
+        self.pid = os.getpid()
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, weakref.ref[AttemptReporter]]] = {}
+
+    def schedule(self, reporter: AttemptReporter) -> None:
+        with self._cond:
+            if id(reporter) not in self._due:
+                self._due[id(reporter)] = (time.monotonic() + FLUSH_DELAY, weakref.ref(reporter))
+                self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due:
+                    self._cond.wait()
+                first = min(due for due, _ in self._due.values())
+                wait = first - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                now = time.monotonic()
+                ready = [key for key, (due, _) in self._due.items() if due <= now]
+                reporters = [self._due.pop(key)[1]() for key in ready]
+            for reporter in reporters:
+                if reporter is not None:
+                    self._flush(reporter)
+
+    @staticmethod
+    def _flush(reporter: AttemptReporter) -> None:
+        try:
+            reporter.flush()
+        except Exception:
+            # Kept buffered; the attempt's next append or its outcome carries the records.
+            log.exception("appending the events of run %s failed", reporter.run_id)
+
+
+_current: list[_Flusher] = []
+_current_lock = threading.Lock()
+
+
+def _flusher() -> _Flusher:
+    """The process's flusher thread (a new one after a fork: threads do not survive it)."""
+    with _current_lock:
+        if not _current or _current[0].pid != os.getpid():
+            _current[:] = [_Flusher()]
+            _current[0].start()
+        return _current[0]
