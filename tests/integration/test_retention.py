@@ -27,6 +27,7 @@ from orchestrator.state.retention import RetentionStore
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.types import utcnow
 from tests.integration.test_scheduler import Harness, make_harness, package, task
+from tests.support.ui import attempt_reporter
 
 PKG = package(task("a"), task("b", "a"))
 OLD = timedelta(days=40)
@@ -48,7 +49,9 @@ def make_run(harness: Harness, run_id: str, state: RunState | None, *, checkpoin
     harness.submit(PKG, run_id=run_id)
     repo = harness.repo
     repo.mark_claimed(run_id, 1, 1, "n1")
-    repo.task_started(run_id, 1, 1, "a", 1)
+    reporter = attempt_reporter(repo, run_id, 1, "n1")
+    reporter.task_started("a", None, 1)  # a task row, written as the cluster writes it
+    reporter.flush()
     harness.store.fence("pkg", run_id, 1)
     if checkpoint:
         harness.store.save(Checkpoint(package="pkg", definition_hash="h", run_id=run_id, epoch=1))

@@ -24,7 +24,7 @@ from orchestrator.runtime.settings import Settings
 from orchestrator.state.models import NodeState
 from orchestrator.state.states import RunState
 from tests.support.cli import run_cli, wait_until
-from tests.support.ui import insert_runs, seed_recovery, ui_client
+from tests.support.ui import attempt_reporter, insert_runs, seed_recovery, ui_client
 
 TOKEN = "ui-test-token-0123456789"
 SCRIPT = "<script>window.__xss = 1</script>"
@@ -349,7 +349,9 @@ def test_the_stream_sends_new_events_and_state_changes_of_a_run(
         assert response.headers["content-type"].startswith("text/event-stream")
 
         def changes() -> None:
-            repo.task_started("orders-running00000", 2, 2, "report", 1)  # a state change, no event
+            reporter = attempt_reporter(repo, "orders-running00000", 2, "node-3")
+            reporter.task_started("report", None, 1)  # a state change, no event
+            reporter.flush()
             wait_until(lambda: any(m.get("event") == "run-state" for m in seen), timeout=20, what="run-state")
             repo.request_cancel("orders-running00000")  # an event
 

@@ -1,4 +1,4 @@
-"""The web UI in tests: a run history written through the repository, the app under a test client,
+"""The web UI in tests: a run history written as the cluster writes it, the app under a test client,
 and the real ``orchestrator ui`` process for browser tests."""
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
+from orchestrator.control.stream import Appended
 from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import Run
-from orchestrator.state.repository import Completion, Repository
+from orchestrator.state.projection import write_records
+from orchestrator.state.records import Record
+from orchestrator.state.repository import Repository
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.ui.app import create_app
 from orchestrator.ui.context import UiContext
 from tests.support.cli import wait_until
 from tests.support.processes import ProcessCluster
+from workers.executor import RunResult
+from workers.reporter import AttemptReporter
 
 ADDRESS = re.compile(r"web UI at (http://\S+/)")
 
@@ -45,6 +50,32 @@ def etl_package(name: str = "orders_nightly") -> Package:
     )
 
 
+class SqlStream:
+    """An event stream that writes what an attempt appends to SQL at once: the schedulers'
+    projection without Redis, so a test's history is made of the records workers send."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.appended = 0
+
+    def append(self, run_id: str, epoch: int, records: list[str]) -> Appended:
+        with self.repo.sessions.begin() as session:
+            write_records(session, [Record.decode(raw) for raw in records])
+        ids = [f"{self.appended + n + 1}-0" for n in range(len(records))]
+        self.appended += len(records)
+        return Appended(ids, ids[-1])
+
+
+def attempt_reporter(repo: Repository, run_id: str, epoch: int, node: str) -> AttemptReporter:
+    """The hooks of attempt ``epoch`` (attempt number = epoch) on ``node``, writing to SQL."""
+    return AttemptReporter(SqlStream(repo), run_id, epoch, epoch, node)  # type: ignore[arg-type]
+
+
+def _done(reporter: AttemptReporter, task: str, item: Any, seconds: float, size: int) -> None:
+    reporter.task_finished(task, item, TaskState.SUCCEEDED, seconds, None)
+    reporter.checkpoint_saved(size, 0.001, "item" if item is not None else "task")
+
+
 def seed_recovery(repo: Repository, run_id: str, *, error: str | None = None, finish: bool = True) -> None:
     """A run whose node was lost after one item: attempt 1 on node-2, attempt 2 resumed on node-3.
 
@@ -53,28 +84,34 @@ def seed_recovery(repo: Repository, run_id: str, *, error: str | None = None, fi
     """
     package = etl_package()
     repo.register_package(package)
-    repo.create_run(run_id, package, {}, max_restarts=5)
-    repo.record_dispatch(run_id, 1)
+    repo.create_run(run_id, package, {}, max_restarts=5, epoch=1)
     repo.mark_claimed(run_id, 1, 1, "node-2")
+    first = attempt_reporter(repo, run_id, 1, "node-2")
     for task in ("prepare", "generate"):
-        repo.task_started(run_id, 1, 1, task, 1)
-        repo.record_completion(run_id, 1, 1, "node-2", Completion(task, None, 0.02), 900)
-    repo.task_started(run_id, 1, 1, "load_partition", 1)
-    repo.record_completion(run_id, 1, 1, "node-2", Completion("load_partition", "eu", 1.2), 1200)
+        first.task_started(task, None, 1)
+        _done(first, task, None, 0.02, 900)
+    first.task_started("load_partition", None, 1)
+    _done(first, "load_partition", "eu", 1.2, 1200)
     repo.record_lost(run_id, 1, 2, "node-2", reason="node_lost")
     repo.record_dispatch(run_id, 2, reason="node_lost")
     repo.mark_claimed(run_id, 2, 2, "node-3")
-    repo.record_resumed(run_id, 2, 2, "node-3", ["prepare", "generate"])
-    repo.task_started(run_id, 2, 2, "load_partition", 1)
-    repo.record_completion(run_id, 2, 2, "node-3", Completion("load_partition", "us", 1.1), 1300)
+    second = attempt_reporter(repo, run_id, 2, "node-3")
+    second.run_started(run_id, True, ["prepare", "generate"])
+    second.task_started("load_partition", None, 1)
+    _done(second, "load_partition", "us", 1.1, 1300)
     if not finish:
         return
-    repo.record_completion(run_id, 2, 2, "node-3", Completion("load_partition", "apac", 1.1), 1400)
-    repo.task_finished(run_id, 2, 2, "node-3", "load_partition", TaskState.SUCCEEDED, 3.3, None)
-    repo.task_started(run_id, 2, 2, "report", 1)
+    _done(second, "load_partition", "apac", 1.1, 1400)
+    _done(second, "load_partition", None, 3.3, 1500)
+    second.task_started("report", None, 1)
     state = TaskState.FAILED if error else TaskState.SUCCEEDED
-    repo.task_finished(run_id, 2, 2, "node-3", "report", state, 0.1, error)
+    second.task_finished("report", None, state, 0.1, error)
     outcome = RunState.FAILED if error else RunState.SUCCEEDED
+    tasks = {"prepare": TaskState.SUCCEEDED, "generate": TaskState.SUCCEEDED, "report": state}
+    tasks["load_partition"] = TaskState.SUCCEEDED
+    second.run_finished(
+        RunResult(run_id, "orders_nightly", outcome, tasks, error and f"task report failed: {error}")
+    )
     repo.finish_attempt(
         run_id, 2, 2, "node-3", outcome, error and f"task report failed: {error}", {"report": state}
     )
