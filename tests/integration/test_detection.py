@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.errors import RunNotFound
 from orchestrator.packages.validation import parse_package
 from tests.integration.test_failover import FAST, HOLD_AT, finished, holding, start, status, ten_tasks
 from tests.support import tasks as T
@@ -168,9 +169,7 @@ def test_a_resubmitted_run_goes_ahead_of_runs_not_started(cluster: Cluster) -> N
         }
     )
     y = cluster.client.submit(blocker)
-    wait_until(
-        lambda: status(cluster, y)["state"] == "running", timeout=60, what=f"y to run\n{cluster.tail()}"
-    )
+    wait_until(lambda: _state(cluster, y) == "running", timeout=60, what=f"y to run\n{cluster.tail()}")
     one = parse_package({"name": "queued", "tasks": [{"id": "q", "python": "tests.support.tasks:step"}]})
     queued = [cluster.client.submit(one) for _ in range(4)]
     wait_until(
@@ -192,7 +191,8 @@ def test_a_resubmitted_run_goes_ahead_of_runs_not_started(cluster: Cluster) -> N
 
 
 def _state(cluster: Cluster, run_id: str) -> str | None:
+    """The run's state, None while its submission is not recorded yet."""
     try:
         return str(status(cluster, run_id)["state"])
-    except Exception:
+    except RunNotFound:
         return None

@@ -151,7 +151,8 @@ def killed(*args: Any, **kwargs: Any) -> Any:
 # Where the doomed scheduler dies, named after the last step it completed.
 WINDOWS: dict[str, Callable[[Operations], None]] = {
     "claimed": lambda ops: setattr(ops.schedules, "submit", killed),
-    "run_recorded": lambda ops: setattr(ops.services.liveness, "fence_for_dispatch", killed),
+    # The run and its first dispatch are one SQL transaction; the message is sent after it.
+    "run_recorded": lambda ops: setattr(ops.services.app, "send_task", killed),
     "dispatched": lambda ops: setattr(ops.schedules.store, "advance", killed),
 }
 
@@ -175,10 +176,16 @@ def test_a_scheduler_killed_mid_fire_is_covered_and_the_slot_starts_once(
     survivor.schedules.tick(claim_expired)
 
     run_id = slot_run_id("every", T0)
-    assert dispatches(harness).get(run_id) == 1, "dispatched exactly once, by whichever got that far"
     assert harness.repo.run_row(run_id).attempt == 1
     assert ScheduleStore(harness.repo.sessions).get("every").last_run_id == run_id
     assert [e.kind for e in harness.repo.events(run_id)] == ["submitted", "dispatched"]
+    if window == "run_recorded":
+        # Recorded with its dispatch, the message never sent: the run is not submitted again; its
+        # claim deadline is set, so the liveness tick dispatches it again once that passes.
+        assert dispatches(harness).get(run_id) is None
+        assert harness.liveness.client.zscore(harness.liveness._key("pending"), run_id) is not None
+    else:
+        assert dispatches(harness).get(run_id) == 1, "dispatched exactly once, by whichever got that far"
 
 
 # -- catch-up after downtime -----------------------------------------------------------------------
