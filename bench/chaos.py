@@ -4,7 +4,8 @@ Runs the chaos harness (:mod:`tests.support.chaos`: two schedulers and three
 worker nodes as real processes on a real Redis and SQLite, a killer that
 SIGKILLs or SIGSTOPs a random node every few seconds), then judges what it
 observed: runs submitted, succeeded, failed and lost; task executions beyond
-one per finished task, which must all be tasks interrupted in flight;
+one per finished task, which must all be units interrupted in flight (one per
+lost attempt of a sequential package, up to four of a parallel one);
 re-executions of tasks whose completion had been recorded (must be 0); saved
 progress redone (must be 0); blows survived; p50/p95 recovery time. It prints
 a table, writes ``bench/results/chaos.json`` and exits 1 if a run was lost or
@@ -107,6 +108,7 @@ class ChaosReport:
     """The figures of one chaos run; :attr:`ok` is the verdict."""
 
     packages: int = 0
+    parallel_packages: int = 0
     submitted: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -181,6 +183,7 @@ class ChaosReport:
         restarts = ", ".join(f"{k} {v}" for k, v in sorted(self.restarts.items())) or "none"
         rows = [
             ("runs submitted", f"{self.submitted} of {self.packages}"),
+            ("  of which parallel (4 units at once)", str(self.parallel_packages)),
             ("runs succeeded", str(self.succeeded)),
             ("runs failed / cancelled", f"{self.failed} / {self.cancelled}"),
             ("runs lost (unfinished at deadline)", str(self.lost)),
@@ -192,7 +195,7 @@ class ChaosReport:
             ),
             ("  of which body ended, completion unrecorded", str(self.ended_unrecorded)),
             ("re-executions of finished tasks", str(self.finished_reexecuted)),
-            ("re-executions not of a lost attempt's task", str(self.unexplained_reexecutions)),
+            ("re-executions not in flight in a lost attempt", str(self.unexplained_reexecutions)),
             ("saved progress units redone", str(self.units_redone)),
             ("tasks of succeeded runs never completed", str(self.never_completed)),
             ("node kills survived (SIGKILL + restart)", str(self.kills)),
@@ -221,8 +224,16 @@ class ChaosReport:
         return "\n".join(lines + [f"problem: {p}" for p in self.problems[:20]])
 
 
-def check_executions(report: ChaosReport, histories: list[RunHistory], executions: Executions) -> None:
-    """Extra executions, re-executions of recorded completions, redone progress, missing work."""
+def check_executions(
+    report: ChaosReport,
+    histories: list[RunHistory],
+    executions: Executions,
+    widths: dict[str, int] | None = None,
+) -> None:
+    """Extra executions, re-executions of recorded completions, redone progress, missing work.
+
+    ``widths``: how many units each run may have in flight at once (1 when not given).
+    """
     done: dict[str, int] = {}
     for history in histories:
         done.update(completions(history))
@@ -232,7 +243,7 @@ def check_executions(report: ChaosReport, histories: list[RunHistory], execution
         # The body returned but no completion was recorded at that epoch: the attempt was
         # killed or fenced between the return and its record, so the task was still in flight.
         report.ended_unrecorded += sum(1 for epoch in epochs if done.get(key) != epoch)
-    _check_reexecutions(report, executions, done, _lost_epochs(histories))
+    _check_reexecutions(report, executions, done, _lost_epochs(histories), widths or {})
     _check_progress(report, executions)
     _check_completed(report, histories, executions)
 
@@ -242,10 +253,15 @@ def _lost_epochs(histories: list[RunHistory]) -> dict[str, set[int]]:
 
 
 def _check_reexecutions(
-    report: ChaosReport, executions: Executions, done: dict[str, int], lost: dict[str, set[int]]
+    report: ChaosReport,
+    executions: Executions,
+    done: dict[str, int],
+    lost: dict[str, set[int]],
+    widths: dict[str, int],
 ) -> None:
-    """A task may run again only if it had not been recorded done, and the execution before
-    was the one task in flight of an attempt that was lost (attempts run one task at a time)."""
+    """A unit may run again only if it had not been recorded done, and the execution before was
+    in flight in an attempt that was lost: at most as many units per lost attempt as the run
+    may have in flight at once (one for a sequential package)."""
     in_flight: dict[tuple[str, int], list[str]] = defaultdict(list)
     for key, epochs in executions.starts.items():
         ordered = sorted(epochs)
@@ -256,7 +272,7 @@ def _check_reexecutions(
         for epoch in ordered[:-1]:  # an execution another one followed
             in_flight[(key.partition(":")[0], epoch)].append(key)
     for (run_id, epoch), keys in in_flight.items():
-        if epoch not in lost.get(run_id, set()) or len(keys) > 1:
+        if epoch not in lost.get(run_id, set()) or len(keys) > widths.get(run_id, 1):
             report.unexplained_reexecutions += len(keys)
             report.problems.append(f"{run_id} epoch {epoch} was followed by re-executions of {keys}")
 
@@ -342,6 +358,7 @@ def judge(run: ChaosRun) -> ChaosReport:
     states = {h.run_id: h.state for h in run.histories}
     report = ChaosReport(packages=run.config.packages, seconds=run.seconds, problems=list(run.errors))
     report.submitted = len(states)
+    report.parallel_packages = sum(1 for width in run.widths.values() if width > 1)
     report.succeeded = sum(1 for s in states.values() if s == "succeeded")
     report.failed = sum(1 for s in states.values() if s == "failed")
     report.cancelled = sum(1 for s in states.values() if s == "cancelled")
@@ -354,7 +371,7 @@ def judge(run: ChaosRun) -> ChaosReport:
     report.problems += [
         f"{h.run_id} {h.state}: {h.error}" for h in run.histories if h.state in ("failed", "cancelled")
     ]
-    check_executions(report, run.histories, Executions.of(run.records))
+    check_executions(report, run.histories, Executions.of(run.records), run.widths)
     check_recovery(report, run.histories, run.blows)
     return report
 

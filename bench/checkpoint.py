@@ -1,12 +1,19 @@
-"""Checkpoint write latency against a bare atomic fsync write of the same bytes on the same disk.
+"""Checkpoint write latency against bare fsynced writes of the same bytes on the same disk.
 
-For a 2 KB and a 200 KB checkpoint, interleaved run by run (A B, then B A):
+Snapshots: for a 2 KB and a 200 KB checkpoint, interleaved run by run (A B, then B A):
 
-* ``store.save``: :meth:`FilesystemCheckpointStore.save` as the executor calls it
-  (encode with checksum, flock, epoch check, temp file + fsync, keep the previous
-  generation, rename, fsync of the directory);
+* ``store.save``: :meth:`FilesystemCheckpointStore.save`, a whole checkpoint as a new
+  generation (encode with checksum, flock, epoch check, temp file + fsync, rename,
+  its empty journal, fsync of the directory): what an attempt writes when it starts
+  and when it compacts;
 * ``bare``: the same encoded bytes written the way any careful program writes a file
   atomically: temp file, write, fsync, rename, fsync of the directory.
+
+Journal appends (format 2): a save that adds one finished foreach item to a run
+whose checkpoint is 200 KB, as the executor makes it (encode the record with its
+checksum, flock, epoch and generation checks, append, fsync; compaction when due),
+against a bare append of the same record bytes to an open file plus fsync. Target:
+at most 1.5 times.
 
 Run: ``python -m bench.checkpoint [--quick]``.
 """
@@ -23,7 +30,17 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common as C
-from checkpoints import Checkpoint, FilesystemCheckpointStore, TaskRecord, encode, filesystem
+from checkpoints import (
+    Change,
+    Checkpoint,
+    FilesystemCheckpointStore,
+    TaskRecord,
+    apply,
+    encode,
+    filesystem,
+    needs_compaction,
+)
+from checkpoints.journal import encode_record
 
 TARGET = 1.5
 SIZES = {"2 KB": 2 * 1024, "200 KB": 200 * 1024}
@@ -121,11 +138,61 @@ def measure(tmp: Path, label: str, size: int, runs: int) -> dict[str, Any]:
     }
 
 
+def measure_append(tmp: Path, runs: int) -> dict[str, Any]:
+    """One finished item appended to a 200 KB run, against a bare fsynced append of its bytes."""
+    state = make_checkpoint(SIZES["200 KB"])
+    store = FilesystemCheckpointStore(tmp / "append" / "store")
+    writer = store.open(state)
+    bare_path = tmp / "append" / "bare.log"
+    fd = os.open(bare_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    samples: dict[str, list[float]] = {"save": [], "bare": []}
+    compactions = 0
+    try:
+        for n in range(runs + max(5, runs // 20)):
+            change = Change(items={"load": {f"item-{n:07d}": None}})
+            data = encode_record(change, seq=n + 1, epoch=1)
+            calls = [("save", lambda c=change: writer.append([c])), ("bare", lambda d=data: _append(fd, d))]
+            for name, call in calls if n % 2 else reversed(calls):
+                started = time.perf_counter()
+                call()
+                if name == "save":
+                    apply(state, change)
+                    if needs_compaction(writer):  # the executor compacts here, within the save
+                        writer.compact(state)
+                        compactions += 1
+                if n >= max(5, runs // 20):  # after the warm-up
+                    samples[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        writer.close()
+    stats = {name: C.summary(values) for name, values in samples.items()}
+    means = {name: sum(values) / len(values) for name, values in samples.items()}
+    return {
+        "checkpoint_bytes": len(encode(state)),
+        "record_bytes": len(encode_record(Change(items={"load": {"item-0000000": None}}), seq=1, epoch=1)),
+        "runs": runs,
+        "compactions": compactions,
+        **{f"{name}_ms": value for name, value in stats.items()},
+        "mean_ms": means,
+        "ratio_p50": C.ratio(stats["save"]["p50"], stats["bare"]["p50"]),
+        "ratio_p99": C.ratio(stats["save"]["p99"], stats["bare"]["p99"]),
+        "ratio_mean": C.ratio(means["save"], means["bare"]),
+        "target": TARGET,
+        "met": C.ratio(stats["save"]["p50"], stats["bare"]["p50"]) <= TARGET,
+    }
+
+
+def _append(fd: int, data: bytes) -> None:
+    os.write(fd, data)
+    os.fsync(fd)
+
+
 def main() -> int:
     args = C.parser(__doc__.splitlines()[0]).parse_args()
     runs = 30 if args.quick else 600
     with C.environment(args) as env:
         results = [measure(env.tmp, label, size, runs) for label, size in SIZES.items()]
+        appended = measure_append(env.tmp, 300 if args.quick else 3000)
     rows = []
     for r in results:
         for what, key, ratio_key in (
@@ -170,7 +237,38 @@ def main() -> int:
             rows,
         )
     )
-    C.write_result(args, "checkpoint", {"results": results, "target_ratio": TARGET})
+    print(
+        C.table(
+            f"one finished item saved into a {appended['checkpoint_bytes'] // 1024} KB run (journal append, "
+            f"{appended['record_bytes']} bytes) vs a bare fsynced append of the same bytes "
+            f"({appended['runs']} runs, interleaved; {appended['compactions']} compaction(s) included)",
+            [
+                "measured",
+                "p50 ms",
+                "p99 ms",
+                "mean ms",
+                "bare p50 ms",
+                "bare p99 ms",
+                "ratio p50",
+                "ratio mean",
+                "target",
+            ],
+            [
+                [
+                    "save (record + append + fsync)",
+                    appended["save_ms"]["p50"],
+                    appended["save_ms"]["p99"],
+                    appended["mean_ms"]["save"],
+                    appended["bare_ms"]["p50"],
+                    appended["bare_ms"]["p99"],
+                    appended["ratio_p50"],
+                    appended["ratio_mean"],
+                    f"{'met' if appended['met'] else 'NOT met'} (<= {TARGET})",
+                ]
+            ],
+        )
+    )
+    C.write_result(args, "checkpoint", {"results": results, "append": appended, "target_ratio": TARGET})
     return 0
 
 

@@ -10,32 +10,41 @@ from checkpoints.errors import (
     InvalidIdentifier,
 )
 from checkpoints.filesystem import FilesystemCheckpointStore
-from checkpoints.format import FORMAT_VERSION, Checkpoint, TaskRecord, decode, encode
+from checkpoints.format import FORMAT_VERSION, LEGACY_FORMAT_VERSION, Checkpoint, TaskRecord, decode, encode
 from checkpoints.ids import validate_package_name, validate_run_id
+from checkpoints.journal import Change, Record, apply, read_journal
 from checkpoints.memory import InMemoryCheckpointStore
 from checkpoints.secrets import SecretBox
-from checkpoints.store import CheckpointStore
+from checkpoints.store import CheckpointStore, CheckpointWriter, needs_compaction
 
-__all__ = [
-    # format
+# Grouped by role, as the house style asks; RUF022 would sort the groups together.
+__all__ = [  # noqa: RUF022
+    # format: snapshots and journal records
     "FORMAT_VERSION",
+    "LEGACY_FORMAT_VERSION",
+    "Change",
     "Checkpoint",
+    "Record",
+    "TaskRecord",
+    "apply",
+    "decode",
+    "encode",
+    "read_journal",
+    # stores
+    "CheckpointStore",
+    "CheckpointWriter",
+    "FilesystemCheckpointStore",
+    "InMemoryCheckpointStore",
+    "SecretBox",
+    "needs_compaction",
     # errors
     "CheckpointCorrupt",
     "CheckpointError",
     "CheckpointMismatch",
     "CheckpointNotFound",
-    # stores
-    "CheckpointStore",
     "CheckpointTooLarge",
     "Fenced",
-    "FilesystemCheckpointStore",
-    "InMemoryCheckpointStore",
     "InvalidIdentifier",
-    "SecretBox",
-    "TaskRecord",
-    "decode",
-    "encode",
     # identifiers
     "validate_package_name",
     "validate_run_id",

@@ -1,18 +1,22 @@
 """A checkpoint store on a POSIX directory (a local disk or an NFS mount shared by all nodes).
 
-Layout of one run, under ``<root>/<package>/<run_id>/``::
+Layout of one run, under ``<root>/<package>/<run_id>/`` (``docs/checkpoints.md``)::
 
-    checkpoint.json        latest generation
-    checkpoint.prev.json   the generation before it (the fallback for a damaged latest)
+    snapshot-<g>.json      the snapshot of generation g: the whole checkpoint, format 2
+    journal-<g>.log        the changes since snapshot g, one checksummed JSON line each
     epoch                  highest epoch ever recorded for the run (the fence)
     .lock                  flock(2) target serialising writers across processes
+    checkpoint.json        a format-1 checkpoint left by the previous version (read as
+    checkpoint.prev.json   generations 0 and -1; removed once a newer one is written)
 
-The whole directory goes only when the retention purge removes a finished run
+The newest generation and the one before it are kept. A snapshot is written
+atomically (temp file, fsync, rename, fsync of the directory) and never changed;
+a journal is only appended to (``O_APPEND``, one ``write`` and one ``fsync`` per
+append). Every write takes the exclusive lock and checks the epoch file first;
+the epoch file is raised before the data it guards is written, so a crash in
+between leaves the fence higher than the data, never lower. The whole directory
+goes only when the retention purge removes a finished run
 (:meth:`FilesystemCheckpointStore.purge`).
-
-Writes are atomic: temp file, fsync, rename, fsync of the directory. The epoch
-file is raised before the checkpoint it guards is written, so a crash in
-between leaves the fence higher than the data, never lower.
 """
 
 from __future__ import annotations
@@ -21,22 +25,41 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
-from checkpoints.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointTooLarge, Fenced
-from checkpoints.format import Checkpoint, decode, encode, verify
+from checkpoints.errors import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointMismatch,
+    CheckpointTooLarge,
+    Fenced,
+)
+from checkpoints.format import Checkpoint, encode, verify
+from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
+from checkpoints.journal import Change, encode_record
 from checkpoints.memory import DEFAULT_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
-LATEST = "checkpoint.json"
-PREVIOUS = "checkpoint.prev.json"
 EPOCH = "epoch"
 LOCK = ".lock"
+LEGACY = {0: "checkpoint.json", -1: "checkpoint.prev.json"}
+_SNAPSHOT = re.compile(r"snapshot-([1-9][0-9]*)\.json")
+_JOURNAL = re.compile(r"journal-([1-9][0-9]*)\.log")
+
+
+def snapshot_name(generation: int) -> str:
+    return LEGACY.get(generation) or f"snapshot-{generation}.json"
+
+
+def journal_name(generation: int) -> str:
+    return f"journal-{generation}.log"
 
 
 class FilesystemCheckpointStore:
@@ -60,20 +83,17 @@ class FilesystemCheckpointStore:
         if not directory.is_dir():
             return None
         with self._locked(directory, exclusive=False):
-            checkpoint = self._read_generations(directory)
+            checkpoint = read_generations(
+                _generations(directory), package=package, run_id=run_id, where=str(directory), logger=log
+            )
         stale = checkpoint is not None and checkpoint.definition_hash != definition_hash
         if checkpoint is not None and definition_hash is not None and stale:
             raise CheckpointMismatch(package, checkpoint.definition_hash, definition_hash)
         return checkpoint
 
-    def save(self, checkpoint: Checkpoint) -> int:
+    def open(self, checkpoint: Checkpoint) -> FilesystemCheckpointWriter:
         directory = self.run_dir(checkpoint.package, checkpoint.run_id)
-        data = encode(checkpoint)
-        if len(data) > self.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint of run {checkpoint.run_id!r} is {len(data)} bytes, "
-                f"over the limit of {self.max_bytes}"
-            )
+        data = self.encoded(checkpoint)
         directory.mkdir(parents=True, exist_ok=True)
         with self._locked(directory, exclusive=True):
             stored = self._read_epoch(directory)
@@ -81,16 +101,14 @@ class FilesystemCheckpointStore:
                 raise Fenced(checkpoint.run_id, checkpoint.epoch, stored)
             if checkpoint.epoch > stored:
                 self._write_epoch(directory, checkpoint.epoch)
-            latest = directory / LATEST
-            temp = _write_temp(directory, LATEST, data)
-            with _removed_on_error(temp):
-                # Only an intact latest generation becomes the previous one: after a
-                # fallback, the damaged file must not push out the good copy.
-                if _intact(latest):
-                    os.replace(latest, directory / PREVIOUS)
-                os.replace(temp, latest)
-            _fsync_dir(directory)
-        return len(data)
+            generation = self._new_generation(directory, data)
+        run_id, epoch = checkpoint.run_id, checkpoint.epoch
+        return FilesystemCheckpointWriter(self, directory, run_id, epoch, generation, len(data))
+
+    def save(self, checkpoint: Checkpoint) -> int:
+        writer = self.open(checkpoint)
+        writer.close()
+        return writer.snapshot_bytes
 
     def delete(self, package: str, run_id: str, *, epoch: int) -> None:
         directory = self.run_dir(package, run_id)
@@ -100,9 +118,9 @@ class FilesystemCheckpointStore:
             stored = self._read_epoch(directory)
             if epoch < stored:
                 raise Fenced(run_id, epoch, stored)
-            for name in (LATEST, PREVIOUS):
+            for path in _data_files(directory):
                 with contextlib.suppress(FileNotFoundError):
-                    (directory / name).unlink()
+                    path.unlink()
             _fsync_dir(directory)
 
     def purge(self, package: str, run_id: str) -> bool:
@@ -152,58 +170,61 @@ class FilesystemCheckpointStore:
         with self._locked(directory, exclusive=False):
             return self._read_epoch(directory)
 
+    # -- for the writer ----------------------------------------------------------------
+
+    def encoded(self, checkpoint: Checkpoint) -> bytes:
+        """The snapshot bytes of ``checkpoint``; ``CheckpointTooLarge`` over ``max_bytes``."""
+        data = encode(checkpoint)
+        if len(data) > self.max_bytes:
+            raise CheckpointTooLarge(
+                f"checkpoint of run {checkpoint.run_id!r} is {len(data)} bytes, "
+                f"over the limit of {self.max_bytes}"
+            )
+        return data
+
     @contextlib.contextmanager
-    def _locked(self, directory: Path, *, exclusive: bool) -> Iterator[None]:
+    def _locked(self, directory: Path | str, *, exclusive: bool) -> Iterator[None]:
         with self._thread_lock:
-            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
 
-    def _read_generations(self, directory: Path) -> Checkpoint | None:
-        """Return the newest readable generation; the caller holds the lock."""
-        failures: list[str] = []
-        for name in (LATEST, PREVIOUS):
-            path = directory / name
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                if name == LATEST and (directory / PREVIOUS).exists():
-                    failures.append(f"{path}: missing")
-                continue
-            try:
-                checkpoint = decode(data, source=str(path))
-            except CheckpointCorrupt as exc:
-                failures.append(str(exc))
-                continue
-            if (checkpoint.package, checkpoint.run_id) != (directory.parent.name, directory.name):
-                failures.append(f"{path}: belongs to {checkpoint.package}/{checkpoint.run_id}")
-                continue
-            if failures:
-                log.warning(
-                    "checkpoint %s unreadable (%s); using the previous generation",
-                    directory / LATEST,
-                    "; ".join(failures),
-                )
-            return checkpoint
-        if failures:
-            raise CheckpointCorrupt(
-                "no readable checkpoint generation is left in "
-                f"{directory}: {'; '.join(failures)}"
-                + ("" if len(failures) > 1 else "; there is no previous generation")
-            )
-        return None
+    def _new_generation(self, directory: Path, data: bytes) -> int:
+        """Write ``data`` as the snapshot of a new generation; the caller holds the exclusive lock.
 
-    @staticmethod
-    def _read_epoch(directory: Path) -> int:
+        The snapshot is renamed into place before its (empty) journal is created,
+        so a crash in between leaves a generation whose journal is simply missing.
+        Then every generation older than the newest intact one before it is
+        removed: after a fallback, a damaged snapshot must not push out the good one.
+        """
+        numbers = _numbers(directory)
+        new = max(numbers, default=0) + 1
+        temp = _write_temp(directory, snapshot_name(new), data)
+        with _removed_on_error(temp):
+            os.replace(temp, directory / snapshot_name(new))
+        os.close(os.open(directory / journal_name(new), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        _fsync_dir(directory)
+        keep = next((n for n in sorted(numbers, reverse=True) if _intact(directory / snapshot_name(n))), new)
+        for path in _data_files(directory):
+            if _number_of(path.name) < keep:
+                path.unlink()
+        return new
+
+    def _read_epoch(self, directory: Path | str) -> int:
+        path = os.path.join(directory, EPOCH)
         try:
-            text = (directory / EPOCH).read_text().strip()
+            fd = os.open(path, os.O_RDONLY)  # os-level: this is read before every append
         except FileNotFoundError:
             return 0
+        try:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
         if not (text.isascii() and text.isdigit()):  # str.isdigit() also accepts "²"
-            raise CheckpointCorrupt(f"{directory / EPOCH}: not an epoch number: {text[:40]!r}")
+            raise CheckpointCorrupt(f"{path}: not an epoch number: {text[:40]!r}")
         return int(text)
 
     @staticmethod
@@ -212,6 +233,165 @@ class FilesystemCheckpointStore:
         with _removed_on_error(temp):
             os.replace(temp, directory / EPOCH)
         _fsync_dir(directory)
+
+
+class FilesystemCheckpointWriter:
+    """:class:`~checkpoints.store.CheckpointWriter` appending to a journal file."""
+
+    def __init__(
+        self,
+        store: FilesystemCheckpointStore,
+        directory: Path,
+        run_id: str,
+        epoch: int,
+        generation: int,
+        snapshot_bytes: int,
+    ) -> None:
+        self._store, self._directory, self._run_id = store, directory, run_id
+        self._dir = str(directory)  # plain strings: appends are the hot path, pathlib is slow there
+        self._epoch, self._generation, self._snapshot_bytes = epoch, generation, snapshot_bytes
+        self._journal_bytes = 0
+        self._seq = 0
+        self._failed: str | None = None
+
+    def __repr__(self) -> str:
+        return f"FilesystemCheckpointWriter({str(self._directory)!r}, epoch={self._epoch})"
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self._snapshot_bytes
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal_bytes
+
+    def append(self, changes: Sequence[Change]) -> int:
+        if not changes:
+            return 0
+        first = self._seq + 1
+        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
+        if len(data) > self._store.max_bytes:
+            raise CheckpointTooLarge(
+                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
+                f"over the limit of {self._store.max_bytes}"
+            )
+        with self._store._locked(self._dir, exclusive=True):
+            self._check_current()
+            with self._journal() as fd:
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                except BaseException as exc:
+                    self._failed = f"an earlier append failed ({exc})"
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, self._journal_bytes)  # no partial record stays behind
+                    raise
+        self._seq += len(changes)
+        self._journal_bytes += len(data)
+        return len(data)
+
+    def compact(self, checkpoint: Checkpoint) -> int:
+        if checkpoint.epoch != self._epoch:
+            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
+        data = self._store.encoded(checkpoint)
+        with self._store._locked(self._directory, exclusive=True):
+            self._check_current()
+            generation = self._store._new_generation(self._directory, data)
+        self._generation, self._snapshot_bytes = generation, len(data)
+        self._journal_bytes = self._seq = 0
+        return len(data)
+
+    def close(self) -> None:
+        """Nothing to release: the journal is open only during an append."""
+
+    def _check_current(self) -> None:
+        """Refuse to write unless this writer's epoch and generation are still the newest."""
+        if self._failed is not None:
+            raise CheckpointError(f"checkpoint of run {self._run_id!r} cannot be written: {self._failed}")
+        stored = self._store._read_epoch(self._dir)
+        if self._epoch < stored:
+            raise Fenced(self._run_id, self._epoch, stored)
+        if os.path.exists(os.path.join(self._dir, snapshot_name(self._generation + 1))):
+            raise CheckpointError(
+                f"checkpoint of run {self._run_id!r}: another writer of epoch {self._epoch} "
+                f"began generation {self._generation + 1}; this writer must stop"
+            )
+
+    @contextlib.contextmanager
+    def _journal(self) -> Iterator[int]:
+        """The journal, open for one append; checks that nobody else changed it.
+
+        Nothing stays open between appends: a file open for writing would keep the
+        file system from being remounted read-only, and on NFS the close is what
+        makes the append visible to other clients (close-to-open consistency).
+        """
+        path = os.path.join(self._dir, journal_name(self._generation))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"checkpoint of run {self._run_id!r} was deleted while its writer was open"
+            ) from None
+        try:
+            if os.fstat(fd).st_size != self._journal_bytes:
+                raise CheckpointError(
+                    f"journal {journal_name(self._generation)} of run {self._run_id!r} was changed "
+                    "by another writer"
+                )
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def _numbers(directory: Path) -> set[int]:
+    """The generation numbers with a snapshot or a journal in ``directory``."""
+    return {_number_of(p.name) for p in _data_files(directory)}
+
+
+def _number_of(name: str) -> int:
+    """The generation of one of :func:`_data_files`' names."""
+    for number, legacy in LEGACY.items():
+        if name == legacy:
+            return number
+    match = _SNAPSHOT.fullmatch(name) or _JOURNAL.fullmatch(name)
+    if match is None:
+        raise ValueError(f"not a checkpoint file name: {name!r}")
+    return int(match.group(1))
+
+
+def _data_files(directory: Path) -> list[Path]:
+    """Snapshots, journals and format-1 files of a run (not the epoch, the lock or temp files)."""
+    names = set(LEGACY.values())
+    return [
+        p
+        for p in directory.iterdir()
+        if p.name in names or _SNAPSHOT.fullmatch(p.name) or _JOURNAL.fullmatch(p.name)
+    ]
+
+
+def _generations(directory: Path) -> list[Generation]:
+    """What :func:`read_generations` needs to read the run's generations from its files."""
+    generations = []
+    for number in sorted(_numbers(directory)):
+        snapshot, journal = directory / snapshot_name(number), directory / journal_name(number)
+        generations.append(
+            Generation(
+                number,
+                partial(snapshot.read_bytes) if snapshot.exists() else None,
+                partial(journal.read_bytes) if number > 0 and journal.exists() else None,
+                str(snapshot),
+                str(journal),
+            )
+        )
+    return generations
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
@@ -224,13 +404,17 @@ def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with _removed_on_error(temp):
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
     return temp
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @contextlib.contextmanager

@@ -1,12 +1,16 @@
-"""The checkpoint document and its on-disk encoding.
+"""The checkpoint document and the encoding of a snapshot of it.
 
-A checkpoint file is one JSON object::
+A snapshot (a whole checkpoint at one moment) is one JSON object::
 
-    {"format":1,"sha256":"<hex digest of body>","body":{...}}
+    {"format":2,"sha256":"<hex digest of body>","body":{...}}
 
 The body is serialised canonically (sorted keys, no whitespace) and the digest
 covers exactly those bytes, so a torn write, a flipped byte or a hand edit is
-detected on load without re-serialising anything.
+detected on load without re-serialising anything. Format 2 adds the journal of
+changes kept beside a snapshot (:mod:`checkpoints.journal`); a format-1 file
+(the whole checkpoint rewritten at every save, by the previous version) has the
+same envelope and a body without the fields format 2 added, and is read as a
+snapshot with an empty journal.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from checkpoints.errors import CheckpointCorrupt, CheckpointError
 from checkpoints.ids import validate_package_name, validate_run_id
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+READABLE_VERSIONS = (LEGACY_FORMAT_VERSION, FORMAT_VERSION)
 
 JSON = Any
 """A JSON-serialisable value (pydantic cannot express the recursive type cheaply)."""
@@ -49,7 +55,9 @@ class Checkpoint(BaseModel):
     ``items`` maps a foreach task to its finished items (item key to output);
     ``progress`` maps a progress key (``task`` or ``task:item``) to the value the
     task last passed to ``ctx.progress.save``; ``secrets`` holds sensitive
-    variables encrypted (never in clear text; absent when no key is configured).
+    variables encrypted (never in clear text; absent when no key is configured);
+    ``writers`` maps a variable to the unit (``task`` or ``task[item]``) that last
+    wrote it, so that a resumed run still finds two concurrent units writing it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +73,7 @@ class Checkpoint(BaseModel):
     variables: dict[str, JSON] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     progress: dict[str, JSON] = Field(default_factory=dict)
+    writers: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -90,7 +99,9 @@ def encode(checkpoint: Checkpoint) -> bytes:
     so callers handle it like any other failed checkpoint write.
     """
     try:
-        body = canonical_json(checkpoint.model_dump(mode="json"))
+        document = checkpoint.model_dump(mode="json")
+        document["format_version"] = FORMAT_VERSION  # a format-1 checkpoint is rewritten as format 2
+        body = canonical_json(document)
     except (TypeError, ValueError) as exc:  # PydanticSerializationError, UnicodeEncodeError
         raise CheckpointError(
             f"checkpoint of run {checkpoint.run_id!r} cannot be encoded: a task output, item, "
@@ -115,10 +126,11 @@ def decode(data: bytes, *, source: str = "checkpoint") -> Checkpoint:
     header = _HEADER.match(data)
     if header is None or not data.endswith(_TRAILER):
         raise CheckpointCorrupt(f"{source}: not a checkpoint file (truncated or malformed)")
-    if int(header.group(1)) != FORMAT_VERSION:
+    if int(header.group(1)) not in READABLE_VERSIONS:
         raise CheckpointCorrupt(
             f"{source}: format version {int(header.group(1))} is not supported "
-            f"(this version reads {FORMAT_VERSION})"
+            f"(this version reads {FORMAT_VERSION}, and {LEGACY_FORMAT_VERSION} "
+            "left by the previous version)"
         )
     body = data[header.end() : -len(_TRAILER)]
     if hashlib.sha256(body).hexdigest() != header.group(2).decode():

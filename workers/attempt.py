@@ -11,6 +11,7 @@ epoch, and the checkpoint store's epoch file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunRe
 from workers.hooks import AllHooks, MetricsHooks
 from workers.lease import LeaseKeeper
 from workers.reporter import AttemptReporter
+from workers.storewatch import StoreWatch
 from workers.watch import AttemptFiles
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def run_attempt(
     if message.lost_at_ms is not None:  # a resubmission: from lease expiry to running again
         metrics().recovery_seconds.observe(max(0, claim.server_ms - message.lost_at_ms) / 1000)
     stop = threading.Event()
+    watch = StoreWatch(services.settings.checkpoint_timeout)
     keeper = LeaseKeeper(
         liveness,
         run_id=message.run_id,
@@ -88,11 +91,12 @@ def run_attempt(
         ttl=services.settings.lease_ttl,
         stop=stop,
         on_lost=on_lost,
+        hung=watch.overdue,
     )
     keeper.start()
     reporter = AttemptReporter(services.events, message.run_id, message.epoch, message.attempt, node)
     with files.running(message.run_id, message.epoch) if files is not None else contextlib.nullcontext():
-        outcome = _attempt(services, message, node, keeper, reporter, hooks)
+        outcome = _attempt(services, message, node, keeper, reporter, hooks, watch)
     keeper.stop()
     if not keeper.lost:
         # A lost lease is left to expire: if no scheduler fenced it yet, releasing it would
@@ -116,21 +120,22 @@ def _attempt(
     keeper: LeaseKeeper,
     reporter: AttemptReporter,
     hooks: ExecutionHooks | None,
+    watch: StoreWatch,
 ) -> RunResult | None:
     """The claimed attempt: the SQL claim, the run, the SQL outcome (see :func:`run_attempt`)."""
-    repo = services.repository
+    repo, store = services.repository, watch.wrap(services.store)
     try:
         run = repo.mark_claimed(message.run_id, message.epoch, message.attempt, node)
         log.info("node %s claimed attempt %d of run %s", node, message.attempt, message.run_id)
         with log_context(run_id=message.run_id, attempt=message.attempt, node=node):
-            outcome = _execute(services, message, run, keeper, reporter, hooks)
+            outcome = _execute(services, message, run, keeper, reporter, hooks, watch)
         if keeper.lost:
             raise AttemptFenced(f"attempt {message.attempt} of run {message.run_id!r} lost its lease")
         _finish(services, message, node, outcome.state, outcome.error, outcome.tasks, reporter)
         if outcome.succeeded and not services.settings.keep_checkpoints:
             # Only once the outcome is recorded: a node dying before that must find the
             # checkpoint and finish the run from it, not run the package again.
-            services.store.delete(outcome.package, message.run_id, epoch=message.epoch)
+            store.delete(outcome.package, message.run_id, epoch=message.epoch)
     except (AttemptFenced, Fenced) as exc:
         log.warning("attempt %d of run %s stops without reporting: %s", message.attempt, message.run_id, exc)
         return None
@@ -191,20 +196,24 @@ def _execute(
     keeper: LeaseKeeper,
     reporter: AttemptReporter,
     hooks: ExecutionHooks | None,
+    watch: StoreWatch,
 ) -> RunResult:
     settings = services.settings
     package = _package(services, run.package, run.definition_hash)
     variables = decode_variables(run.variables, settings.secret())
+    store = watch.wrap(services.store)
     # From here on, a checkpoint write by any older attempt is refused by the store itself.
     try:
-        services.store.fence(package.name, message.run_id, message.epoch)
+        store.fence(package.name, message.run_id, message.epoch)
     except OSError as exc:  # storage full or read-only: a clear failure, not a crash (a "node loss")
         raise CheckpointWriteFailed(f"checkpoint write failed: {exc}") from exc
     request = RunRequest(package, message.run_id, variables, epoch=message.epoch, attempt=message.attempt)
+    all_hooks = AllHooks(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else []))
+    watch.on_timeout = functools.partial(all_hooks.checkpoint_failed, "timeout")
     options = ExecutionOptions(
-        store=services.store,
+        store=store,
         secret_key=settings.secret(),
-        hooks=AllHooks(reporter, MetricsHooks(package.name), *([hooks] if hooks is not None else [])),
+        hooks=all_hooks,
         guard=keeper.check,
         stop=keeper.stop_run,
         keep_checkpoint=True,  # deleted by run_attempt once the outcome is recorded

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -21,20 +22,62 @@ class Flag(Protocol):
 
 
 class TaskVariables(dict[str, Any]):
-    """The package variables as a task sees them; assignments are type-checked."""
+    """The package variables as one unit sees them; assignments are type-checked.
 
-    def __init__(self, package: Package, values: Mapping[str, Any]) -> None:
-        super().__init__(values)
+    A unit works on its own copy: the run's variables as they were when it
+    started (lists and dicts copied deeply), plus what it assigns. What it
+    changed (:meth:`changes`) becomes the run's when its progress save or its
+    completion is recorded. With ``writes`` given (the task's declaration),
+    assigning any other variable is refused at once.
+    """
+
+    def __init__(
+        self,
+        package: Package,
+        values: Mapping[str, Any],
+        *,
+        writes: Collection[str] | None = None,
+        unit: str = "",
+    ) -> None:
+        super().__init__({n: _copied(v) for n, v in values.items()})
         self._package = package
+        self._original = dict(values)  # the task gets copies: these are never changed in place
+        self._writes = None if writes is None else frozenset(writes)
+        self._unit = unit
 
     def __setitem__(self, name: str, value: Any) -> None:
         declared = self._package.variables.get(name)
         if declared is None:
             raise VariableInvalid(f"task assigned unknown variable {name!r}; declare it in the package")
+        self._check_declared(name)
         super().__setitem__(name, convert(name, declared, value))
+
+    def changes(self) -> dict[str, Any]:
+        """The variables this unit changed (assigned, updated, or a list or dict changed in place)."""
+        changed: dict[str, Any] = {}
+        for name, value in self.items():
+            if name not in self._original or value != self._original[name]:
+                declared = self._package.variables.get(name)
+                if declared is None:
+                    raise VariableInvalid(f"task set unknown variable {name!r}; declare it in the package")
+                self._check_declared(name)
+                changed[name] = convert(name, declared, value)
+        return changed
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self)
+
+    def _check_declared(self, name: str) -> None:
+        if self._writes is not None and name not in self._writes:
+            declared = ", ".join(sorted(self._writes)) or "none"
+            raise VariableInvalid(
+                f"{self._unit or 'task'} assigned variable {name!r}, which its task does not list "
+                f"in 'writes' ({declared})"
+            )
+
+
+def _copied(value: Any) -> Any:
+    return copy.deepcopy(value) if isinstance(value, list | dict) else value
 
 
 class Progress:

@@ -19,6 +19,7 @@ __all__ = [
     "TaskCancelled",
     "TaskError",
     "TaskTimeout",
+    "VariableConflict",
 ]
 
 
@@ -28,6 +29,10 @@ class TaskError(ExecutionError):
 
 class TaskTimeout(TaskError):
     """A task ran past its ``timeout``."""
+
+
+class VariableConflict(TaskError):
+    """Two units that may run at the same time wrote the same variable (never retried)."""
 
 
 class TaskCancelled(ExecutionError):

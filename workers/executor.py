@@ -3,158 +3,72 @@
 :func:`execute` is what ``orchestrator run`` calls in-process and what a
 worker node calls for one attempt of a run. It
 
-* loads the run's checkpoint (per ``checkpoint.usage``) and skips finished
-  tasks and foreach items, restoring variables, outputs and in-task progress;
-* writes the checkpoint (fenced by the attempt's epoch) once at start, after
-  every finished task and foreach item, and on every ``ctx.progress.save``;
-* retries failed tasks, enforces timeouts, records non-fatal failures and
-  lets independent branches finish when one branch fails;
+* loads the run's checkpoint (per ``checkpoint.usage``), skips finished tasks
+  and foreach items, and restores variables, outputs and in-task progress;
+* runs units (a task, or one foreach item) in worker threads, each as soon as
+  its dependencies allow, at most ``max_concurrency`` at once and at most a
+  foreach's ``concurrency`` of its items (ready-set scheduling,
+  :mod:`workers.plan`); a shell unit runs as a subprocess of its thread;
+* writes the checkpoint (fenced by the attempt's epoch): a new snapshot when
+  the attempt starts, then one journal record per finished task or item and per
+  ``ctx.progress.save``, records finishing together sharing one write
+  (:mod:`workers.commit`), and a new snapshot when the journal outgrows it;
+* retries failed units, enforces timeouts, records non-fatal failures and
+  lets independent branches go on when one branch fails;
 * deletes the checkpoint when the run succeeded (unless told to keep it).
+
+The rule for variables written by units that run at the same time is in
+:meth:`_Run.publish` (README, "Variables and parallel units").
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from functools import partial
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from checkpoints import (
+    Change,
     Checkpoint,
     CheckpointError,
     CheckpointNotFound,
-    CheckpointStore,
+    CheckpointWriter,
     Fenced,
     SecretBox,
     TaskRecord,
+    apply,
 )
 from checkpoints.format import utcnow
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.masking import Masker
 from orchestrator.packages.kinds import CheckpointUsage
-from orchestrator.packages.model import ForeachItem, Package, Task, item_key
+from orchestrator.packages.model import ForeachItem, Task, item_key
 from orchestrator.packages.templating import TemplateError, render
 from orchestrator.packages.variables import missing_required, resolve
 from orchestrator.state.states import RunState, TaskState
-from workers.context import Flag, Progress, TaskContext, TaskVariables, read_only
+from workers.commit import GroupCommit, Ticket
 from workers.errors import (
     AttemptFenced,
     CheckpointWriteFailed,
     RunCancelled,
     RunInterrupted,
-    TaskCancelled,
     TaskError,
+    VariableConflict,
 )
-from workers.invoke import (
-    call_python,
-    checked_output,
-    resolve_callable,
-    run_shell,
-    shell_command,
-)
+from workers.execution import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, SerialHooks
+from workers.plan import Plan, Unit, task_of
+from workers.units import UnitRunner, describe
+
+__all__ = ["ExecutionHooks", "ExecutionOptions", "RunRequest", "RunResult", "execute"]
 
 log = logging.getLogger(__name__)
-task_log = logging.getLogger("orchestrator.task")
 
-
-class ExecutionHooks:
-    """Observers of a run. Override what you need; every method is a no-op here."""
-
-    def run_started(self, run_id: str, resumed: bool, skipped: list[str]) -> None: ...
-
-    def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None: ...
-
-    def task_finished(
-        self,
-        task_id: str,
-        item: ForeachItem | None,
-        state: TaskState,
-        seconds: float,
-        error: str | None,
-    ) -> None: ...
-
-    def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
-        """``reason``: start (the claiming write), task, item or progress."""
-
-    def checkpoint_failed(self, result: str, error: str) -> None: ...
-
-    def run_finished(self, result: RunResult) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Either:
-    first: threading.Event
-    second: threading.Event
-
-    def is_set(self) -> bool:
-        return self.first.is_set() or self.second.is_set()
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """One attempt of one run: the package, the given variables and the attempt's identity."""
-
-    package: Package
-    run_id: str
-    variables: Mapping[str, Any] = field(default_factory=dict)
-    epoch: int = 1
-    attempt: int = 1
-    usage: CheckpointUsage | None = None
-    save: bool | None = None
-
-
-@dataclass
-class ExecutionOptions:
-    """How the executor behaves on this node; the defaults suit a local ``orchestrator run``."""
-
-    store: CheckpointStore | None = None
-    secret_key: str | None = None
-    hooks: ExecutionHooks = field(default_factory=ExecutionHooks)
-    guard: Callable[[], None] | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    keep_checkpoint: bool = False
-    allowed_modules: tuple[str, ...] = ()
-    allow_shell: bool = True
-
-
-@dataclass
-class RunResult:
-    """The outcome of an attempt, as the CLI and the worker report it."""
-
-    run_id: str
-    package: str
-    state: RunState
-    tasks: dict[str, TaskState]
-    error: str | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    variables: dict[str, Any] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-    resumed: bool = False
-    checkpoint_kept: bool = False
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state is RunState.SUCCEEDED
-
-
-def topological_order(package: Package) -> list[Task]:
-    """Tasks in dependency order; among ready tasks, declaration order."""
-    remaining = {task.id: set(task.depends_on) for task in package.tasks}
-    order: list[Task] = []
-    while remaining:
-        ready = [t for t in package.tasks if t.id in remaining and not remaining[t.id]]
-        if not ready:  # validation refuses cycles; this guards direct construction misuse
-            raise TaskError(f"dependency cycle among {sorted(remaining)}")
-        for task in ready:
-            del remaining[task.id]
-            for deps in remaining.values():
-                deps.discard(task.id)
-        order.extend(ready)
-    return order
+POLL = 0.1
+STOP_GRACE = 5.0
 
 
 def execute(request: RunRequest, options: ExecutionOptions | None = None) -> RunResult:
@@ -169,45 +83,71 @@ def execute(request: RunRequest, options: ExecutionOptions | None = None) -> Run
     return run.run()
 
 
+@dataclass
+class _Report:
+    """What to tell the hooks once the record of a finished unit is durable."""
+
+    unit: Unit
+    state: TaskState
+    seconds: float
+    error: str | None = None
+    reason: str = "task"
+
+
 class _Run:
-    """The mutable state of one attempt; see :func:`execute`."""
+    """The state of one attempt; see :func:`execute`. ``lock`` guards every field below it."""
 
     def __init__(self, request: RunRequest, options: ExecutionOptions) -> None:
-        self.request = request
-        self.package = request.package
-        self.options = options
-        self.hooks = options.hooks
+        self.request, self.package, self.options = request, request.package, options
+        self.hooks = SerialHooks(options.hooks)
         self.stop = options.stop
         self.store = options.store
         self.box = SecretBox(options.secret_key) if options.secret_key else None
         self.saving = self.store is not None and (
             request.save if request.save is not None else self.package.checkpoint.save
         )
-        self.lock = threading.RLock()
-        self.finished: dict[str, TaskRecord] = {}
-        self.items: dict[str, dict[str, Any]] = {}
-        self.progress: dict[str, Any] = {}
+        self.sensitive = {n for n, v in self.package.variables.items() if v.sensitive}
+        self.masker = Masker()
+        self.writer: CheckpointWriter | None = None
+        self.commits: GroupCommit | None = None
+        self.lock = threading.Condition()
+        self.state = Checkpoint(
+            package=self.package.name,
+            definition_hash=self.package.definition_hash,
+            run_id=request.run_id,
+            epoch=request.epoch,
+            attempt=request.attempt,
+        )
         self.variables: dict[str, Any] = {}
         self.states = {task.id: TaskState.PENDING for task in self.package.tasks}
+        self.plan = Plan(self.package)
+        self.items: dict[str, list[ForeachItem]] = {}
+        self.item_errors: dict[str, Exception] = {}
+        self.started: dict[str, float] = {}
         self.failures: list[str] = []
         self.skipped: list[str] = []
         self.resumed = False
-        self.created_at: datetime = utcnow()
-        self.interrupted: RunInterrupted | None = None
-        self.masker = Masker()
+        self.interrupted: BaseException | None = None
+        self.idle = 0  # worker threads waiting for a unit
+        self.workers = 0  # worker threads alive
+        self.over = threading.Event()  # set when the run is over or interrupted: the main thread waits on it
+        self.context = contextvars.copy_context()
+        self.units = UnitRunner(self)
 
     # -- start ---------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Resolve variables and restore the checkpoint; then write the claiming checkpoint."""
+        """Resolve variables and restore the checkpoint; then write the claiming snapshot."""
         given = resolve(self.package, self.request.variables)
         checkpoint = self._load()
         self.variables = dict(given)
         if checkpoint is not None:
             self._restore(checkpoint, given)
         missing_required(self.package, self.variables)
-        self.masker = Masker(v for n, v in self.variables.items() if self.package.variables[n].sensitive)
-        self._save("start")  # the first write carries the new epoch: older attempts are fenced from here
+        self.masker = Masker(v for n, v in self.variables.items() if n in self.sensitive)
+        finished_items = {task: list(done) for task, done in self.state.items.items()}
+        self.plan = Plan(self.package, set(self.state.tasks), finished_items)
+        self._open()  # the first write carries the new epoch: older attempts are fenced from here
 
     def _load(self) -> Checkpoint | None:
         usage = CheckpointUsage(self.request.usage or self.package.checkpoint.usage)
@@ -227,10 +167,6 @@ class _Run:
 
     def _restore(self, checkpoint: Checkpoint, given: Mapping[str, Any]) -> None:
         self.resumed = True
-        self.created_at = checkpoint.created_at
-        self.finished = dict(checkpoint.tasks)
-        self.items = {k: dict(v) for k, v in checkpoint.items.items()}
-        self.progress = dict(checkpoint.progress)
         restored = dict(checkpoint.variables)
         if self.box is not None:
             restored.update({n: self.box.decrypt(n, t) for n, t in checkpoint.secrets.items()})
@@ -239,25 +175,48 @@ class _Run:
                 log.warning("variable %r restored from the checkpoint; the given value is ignored", name)
         self.variables.update(restored)
         for task in self.package.tasks:
-            if task.always_rerun and task.id in self.finished:
-                del self.finished[task.id]
-                self.items.pop(task.id, None)
-        for task_id, record in self.finished.items():
+            if task.always_rerun and task.id in checkpoint.tasks:
+                del checkpoint.tasks[task.id]
+                checkpoint.items.pop(task.id, None)
+        checkpoint.epoch, checkpoint.attempt = self.request.epoch, self.request.attempt
+        self.state = checkpoint
+        for task_id, record in checkpoint.tasks.items():
             self.states[task_id] = TaskState(record.state)
-        self.skipped = [t.id for t in self.package.tasks if t.id in self.finished]
+        self.skipped = [t.id for t in self.package.tasks if t.id in checkpoint.tasks]
+
+    def _open(self) -> None:
+        self.state.variables = {n: v for n, v in self.variables.items() if n not in self.sensitive}
+        self.state.secrets = self._encrypted(self.variables) if self.box else {}
+        if not self.saving or self.store is None:
+            return
+        self._guard()
+        started = time.perf_counter()
+        try:
+            self.writer = self.store.open(self._snapshot())
+        except Fenced as exc:
+            self.hooks.checkpoint_failed("fenced", str(exc))
+            raise AttemptFenced(str(exc)) from exc
+        except (CheckpointError, OSError) as exc:
+            self.hooks.checkpoint_failed("error", str(exc))
+            raise CheckpointWriteFailed(f"checkpoint write failed: {exc}") from exc
+        self.commits = GroupCommit(self.writer, self._writable)
+        self.hooks.checkpoint_saved(self.writer.snapshot_bytes, time.perf_counter() - started, "start")
 
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunResult:
         with log_context(run_id=self.request.run_id, attempt=self.request.attempt, mask=self.masker):
-            return self._run()
+            self.context = contextvars.copy_context()  # worker threads log with the run's context
+            try:
+                return self._run()
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
 
     def _run(self) -> RunResult:
         self.hooks.run_started(self.request.run_id, self.resumed, self.skipped)
         try:
-            for task in topological_order(self.package):
-                if task.id not in self.finished:
-                    self._run_task(task)
+            self._drive()
             result = self._result()
         except AttemptFenced:
             self.stop.set()
@@ -277,87 +236,142 @@ class _Run:
         self.hooks.run_finished(result)
         return result
 
+    def _drive(self) -> None:
+        """Let worker threads run the units; watch for a stop; re-raise what interrupted the run.
+
+        The workers drive the plan themselves (a worker that ends a unit takes the next
+        one); this thread only starts them and looks for a stop request every ``POLL``.
+        """
+        try:
+            with self.lock:
+                self._expand()
+                self._wake()
+                self._check_over()
+            while not self.over.wait(POLL):
+                with self.lock:
+                    self._watch()
+        except KeyboardInterrupt as exc:
+            self.interrupt(exc)
+        if self.interrupted is not None:
+            self._wait_for_units(STOP_GRACE)
+            raise self.interrupted
+
+    def _check_over(self) -> bool:
+        """If nothing runs and nothing can start any more, say so to everyone (under the lock)."""
+        if not self.plan.over():
+            return False
+        self.over.set()
+        self.lock.notify_all()  # idle workers leave
+        return True
+
+    def _watch(self) -> None:
+        """Turn a stop request or a lost lease into an interruption (the caller holds the lock)."""
+        try:
+            self.check_stop()
+        except RunInterrupted as exc:
+            self.interrupt(exc)
+
+    def _wait_for_units(self, grace: float) -> None:
+        """Give the units in flight ``grace`` seconds to see the stop; then leave them."""
+        deadline = time.monotonic() + grace
+        with self.lock:
+            self.lock.notify_all()
+            while self.plan.running and time.monotonic() < deadline:
+                self.lock.wait(POLL)
+            if self.plan.running:
+                log.warning("%d unit(s) did not stop within %g s; abandoned", self.plan.running, grace)
+
     def _result(self, state: RunState | None = None, error: str | None = None) -> RunResult:
         if state is None:
             state = RunState.FAILED if self.failures else RunState.SUCCEEDED
             error = "; ".join(self.failures) or None
-        for task_id, task_state in self.states.items():
-            if task_state in (TaskState.PENDING, TaskState.RUNNING) and state is RunState.CANCELLED:
-                self.states[task_id] = TaskState.CANCELLED
-        public = {n: ("***" if self.package.variables[n].sensitive else v) for n, v in self.variables.items()}
-        return RunResult(
-            run_id=self.request.run_id,
-            package=self.package.name,
-            state=state,
-            tasks=dict(self.states),
-            error=error,
-            outputs={k: r.output for k, r in self.finished.items()},
-            variables=public,
-            skipped=list(self.skipped),
-            resumed=self.resumed,
-        )
+        with self.lock:
+            for task_id, task_state in self.states.items():
+                if task_state in (TaskState.PENDING, TaskState.RUNNING) and state is RunState.CANCELLED:
+                    self.states[task_id] = TaskState.CANCELLED
+            public = {n: ("***" if n in self.sensitive else v) for n, v in self.variables.items()}
+            return RunResult(
+                run_id=self.request.run_id,
+                package=self.package.name,
+                state=state,
+                tasks=dict(self.states),
+                error=error,
+                outputs={k: r.output for k, r in self.state.tasks.items()},
+                variables=public,
+                skipped=list(self.skipped),
+                resumed=self.resumed,
+            )
 
-    def _run_task(self, task: Task) -> None:
-        self._check_stop()
-        if any(dependency not in self.finished for dependency in task.depends_on):
-            self.states[task.id] = TaskState.UPSTREAM_FAILED
-            return
-        self.states[task.id] = TaskState.RUNNING
-        started = time.monotonic()
+    # -- worker threads ---------------------------------------------------------
+
+    def _wake(self, spare: int = 0) -> None:
+        """Wake or start as many workers as units could start now, less ``spare`` (under the lock).
+
+        ``spare``: workers about to look for a unit anyway (the caller, when it is one
+        that just ended its unit), so that a sequential run keeps to one thread.
+        """
+        wanted = self.plan.available() - spare
+        if wanted > 0 and self.idle:
+            self.lock.notify(min(wanted, self.idle))
+            wanted -= self.idle
+        while wanted > 0 and self.workers < self.package.max_concurrency:
+            self.workers += 1
+            wanted -= 1
+            name = f"unit-{self.request.run_id}-{self.workers}"
+            run_in_context = self.context.copy().run
+            threading.Thread(target=run_in_context, args=(self._work,), name=name, daemon=True).start()
+
+    def _work(self) -> None:
         try:
-            if task.foreach is not None:  # its items are reported one by one; then the whole task
-                output, seconds = self._run_foreach(task), None
-            else:
-                output, _, seconds = self._run_unit(task, None)
-        except (RunInterrupted, KeyboardInterrupt):
+            while (unit := self._next_unit()) is not None:
+                self.units.execute(unit)
+        except BaseException as exc:  # a defect here must stop the run, not leave it waiting
+            self.interrupt(exc)
             raise
-        except Exception as exc:
-            self._task_failed(task, exc, time.monotonic() - started)
-            return
-        seconds = time.monotonic() - started if seconds is None else seconds
-        with self.lock:
-            self.finished[task.id] = TaskRecord(state="succeeded", output=output)
-            self.items.pop(task.id, None)
-            self.states[task.id] = TaskState.SUCCEEDED
-            done = partial(self.hooks.task_finished, task.id, None, TaskState.SUCCEEDED, seconds, None)
-            self._save("task", then=done)
-
-    def _task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
-        error = self.masker(f"task {task.id!r} failed: {_describe(exc)}")
-        self.states[task.id] = TaskState.FAILED
-        if task.foreach is not None:
-            self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, error)
-        if task.fail_package_on_failure:
-            self.failures.append(error)
-            return
-        log.warning("%s (fail_package_on_failure is false: the package goes on)", error)
-        with self.lock:
-            self.finished[task.id] = TaskRecord(state="failed", error=error)
-            self._save("task")
-
-    def _run_foreach(self, task: Task) -> dict[str, Any]:
-        items = self._foreach_items(task)
-        done = self.items.setdefault(task.id, {})
-        for item in items:
-            key = item_key(item)
-            if key in done:
-                continue
-            output, variables, seconds = self._run_unit(task, item)
+        finally:
             with self.lock:
-                done[key] = output
-                self.variables = variables
-                self.progress.pop(_progress_key(task.id, item), None)
-                self._save(
-                    "item",
-                    then=partial(self.hooks.task_finished, task.id, item, TaskState.SUCCEEDED, seconds, None),
-                )
-        return {item_key(item): done[item_key(item)] for item in items}
+                self.workers -= 1
+
+    def _next_unit(self) -> Unit | None:
+        with self.lock:
+            while self.interrupted is None and not self.stop.is_set():
+                self._expand()
+                unit = self.plan.take()
+                if unit is not None:
+                    self.states[unit.task.id] = TaskState.RUNNING
+                    self.started.setdefault(unit.task.id, time.monotonic())
+                    self._wake()
+                    return unit
+                if self._check_over():
+                    return None
+                self.idle += 1
+                try:
+                    self.lock.wait()
+                finally:
+                    self.idle -= 1
+            return None
+
+    def _expand(self) -> None:
+        """List the items of every foreach that became ready (under the lock)."""
+        while tasks := self.plan.expansions():
+            task = tasks[0]
+            try:
+                items = self._foreach_items(task)
+            except TaskError as exc:
+                self.plan.drop(task.id)
+                self.task_failed(task, exc, 0.0)
+                continue
+            self.items[task.id] = items
+            finished = len(self.state.items.get(task.id, {}))
+            self.hooks.foreach_started(task.id, len(items), finished)
+            if self.plan.set_items(task.id, items):  # nothing left to run: the foreach is done
+                self._commit(self._task_done(task), [_Report(Unit(task), TaskState.SUCCEEDED, 0.0)])
 
     def _foreach_items(self, task: Task) -> list[ForeachItem]:
         if isinstance(task.foreach, list):
             return task.foreach
         try:
-            items = render(task.foreach, self.variables, self._outputs())
+            items = render(task.foreach, self.variables, self.outputs())
         except TemplateError as exc:
             raise TaskError(f"foreach: {exc}") from exc
         if not isinstance(items, list) or not all(isinstance(i, str | int | float | bool) for i in items):
@@ -366,148 +380,191 @@ class _Run:
             raise TaskError("foreach expression gave repeated items")
         return items
 
-    def _run_unit(self, task: Task, item: ForeachItem | None) -> tuple[Any, dict[str, Any], float]:
-        """Run one task (or one foreach item) with its retries; return its output, variables and
-        the seconds of the try that succeeded. Its success is reported by the caller, once the
-        checkpoint records it."""
-        for try_number in range(1, task.retries + 2):
-            self._check_stop()
-            self.hooks.task_started(task.id, item, try_number)
-            started = time.monotonic()
-            try:
-                with log_context(task=task.id):
-                    output, variables = self._invoke(task, item, try_number)
-            except (RunInterrupted, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                self._raise_if_interrupted()
-                error = self.masker(_describe(exc))
-                self.hooks.task_finished(task.id, item, TaskState.FAILED, time.monotonic() - started, error)
-                if try_number > task.retries:
-                    raise
-                log.warning(
-                    "task %r%s failed (try %d of %d): %s; retrying in %gs",
-                    task.id,
-                    _item_suffix(item),
-                    try_number,
-                    task.retries + 1,
-                    error,
-                    task.retry_delay,
-                )
-                if self.stop.wait(task.retry_delay):
-                    self._check_stop()
-                continue
-            seconds = time.monotonic() - started
-            if item is None:
-                with self.lock:
-                    self.variables = variables
-                    self.progress.pop(task.id, None)
-            return output, variables, seconds
-        raise AssertionError("unreachable: the last try either returns or raises")
+    # -- what the units report (called by workers.units) --------------------------------
 
-    def _invoke(self, task: Task, item: ForeachItem | None, try_number: int) -> tuple[Any, dict[str, Any]]:
-        key = _progress_key(task.id, item)
-        task_stop = threading.Event()
-        stopped = _Either(task_stop, self.stop)
-        variables = TaskVariables(self.package, self.variables)
+    def outputs(self) -> dict[str, Any]:
+        return {task_id: record.output for task_id, record in self.state.tasks.items()}
 
-        def save_progress(value: Any) -> None:
-            checked_output(task.id, value)
-            with self.lock:
-                if stopped.is_set():
-                    raise TaskCancelled(f"task {task.id!r}: attempt stopped; progress not saved")
-                self.progress[key] = value
-                self.variables = variables.snapshot()
-                self._save("progress")
+    def unit_succeeded(self, unit: Unit, output: Any, writes: dict[str, Any], seconds: float) -> None:
+        """Record a unit's success and its variable writes, in one record; report it once durable.
 
-        ctx = TaskContext(
-            run_id=self.request.run_id,
-            package=self.package.name,
-            task_id=task.id,
-            attempt=self.request.attempt,
-            epoch=self.request.epoch,
-            params={},
-            vars=variables,
-            outputs=read_only(self._outputs()),
-            item=item,
-            progress=Progress(self.progress.get(key), save_progress, stopped),
-            idempotency_key=f"{self.request.run_id}:{task.id}{_item_suffix(item, ':')}",
-            log=logging.LoggerAdapter(
-                task_log,
-                {"run_id": self.request.run_id, "task": task.id, "attempt": self.request.attempt},
-            ),
-            _cancelled=stopped,
-        )
-        output = self._call(task, ctx, task_stop, stopped)
-        # A task that returned because it saw ctx.cancelled did not finish its work:
-        # it must not be recorded as done (a resumed run runs it again).
-        self._check_stop()
-        return checked_output(task.id, output), variables.snapshot()
-
-    def _call(self, task: Task, ctx: TaskContext, task_stop: threading.Event, stopped: Flag) -> Any:
-        try:
-            if task.shell is not None:
-                if not self.options.allow_shell:
-                    raise TaskError(f"shell task {task.id!r} refused: ORCHESTRATOR_ALLOW_SHELL is false")
-                command = shell_command(task, ctx.vars, ctx.outputs)
-                return run_shell(command, ctx, stopped, task.timeout, self.masker)
-            assert task.python is not None
-            ctx.params = render(task.params, ctx.vars, ctx.outputs)
-        except TemplateError as exc:
-            raise TaskError(f"params: {exc}") from exc
-        function = resolve_callable(task.python, self.options.allowed_modules)
-        return call_python(function, ctx, task_stop, task.timeout)
-
-    # -- checkpoint ------------------------------------------------------------
-
-    def _outputs(self) -> dict[str, Any]:
-        return {task_id: record.output for task_id, record in self.finished.items()}
-
-    def _save(self, reason: str, then: Callable[[], None] | None = None) -> None:
-        """Write the checkpoint (a no-op when saving is off); stop the run if it cannot.
-
-        ``then`` reports what the checkpoint records (a task or item done); it runs only
-        once the write is durable, so a completion anyone has seen is never run again.
+        Raises :class:`VariableConflict` (nothing recorded) when its writes break the
+        variable rule; anything raised after that is an interruption of the run.
         """
-        if not self.saving or self.store is None:
-            if then is not None:
-                then()
-            return
         with self.lock:
-            self._guard()
-            checkpoint = self._checkpoint()
-            started = time.perf_counter()
             try:
-                size = self.store.save(checkpoint)
-            except Fenced as exc:
-                self.hooks.checkpoint_failed("fenced", str(exc))
-                self._interrupt(AttemptFenced(str(exc)))
-            except (CheckpointError, OSError) as exc:
-                self.hooks.checkpoint_failed("error", str(exc))
-                self._interrupt(CheckpointWriteFailed(f"checkpoint write failed: {exc}"))
-            seconds = time.perf_counter() - started
-            if then is not None:
-                then()
-            self.hooks.checkpoint_saved(size, seconds, reason)
+                self.check_stop()  # a unit that returned after a stop did not finish its work
+                parts = self.publish(unit, writes)
+            except VariableConflict:
+                raise
+            except BaseException:
+                self.plan.ended(unit)
+                raise
+            if unit.item is None:
+                record = TaskRecord(state="succeeded", output=output)
+                ticket = self._submit([Change(tasks={unit.task.id: record}, **parts)])
+            else:
+                ticket = self._submit([Change(items={unit.task.id: {item_key(unit.item): output}}, **parts)])
+        reason = "task" if unit.item is None else "item"
+        try:
+            self._durable(ticket, [_Report(unit, TaskState.SUCCEEDED, seconds, reason=reason)])
+        finally:
+            with self.lock:
+                self._ended(unit)
 
-    def _checkpoint(self) -> Checkpoint:
-        sensitive = {n for n, v in self.package.variables.items() if v.sensitive}
-        secrets = {}
-        if self.box is not None:
-            secrets = {n: self.box.encrypt(v) for n, v in self.variables.items() if n in sensitive}
-        return Checkpoint(
-            package=self.package.name,
-            definition_hash=self.package.definition_hash,
-            run_id=self.request.run_id,
-            epoch=self.request.epoch,
-            attempt=self.request.attempt,
-            tasks=self.finished,
-            items=self.items,
-            variables={n: v for n, v in self.variables.items() if n not in sensitive},
-            secrets=secrets,
-            progress=self.progress,
-            created_at=self.created_at,
-        )
+    def _ended(self, unit: Unit) -> None:
+        """A unit's record is durable (or will never be): free its place; finish its foreach if last."""
+        last = self.plan.ended(unit)
+        if self.interrupted is None and last and unit.task.id in self.item_errors:
+            self._foreach_failed(unit.task)
+        elif self.interrupted is None and last:
+            report = _Report(Unit(unit.task), TaskState.SUCCEEDED, self._elapsed(unit.task))
+            self._commit(self._task_done(unit.task), [report])
+        self._wake(spare=1)
+
+    def unit_failed(self, unit: Unit, exc: Exception, seconds: float) -> None:
+        """A unit failed for good (retries spent): fail its task, or note the item's failure."""
+        with self.lock:
+            last = self.plan.ended(unit, failed=True)
+            if unit.item is None:
+                self.task_failed(unit.task, exc, seconds)
+            else:
+                self.item_errors.setdefault(unit.task.id, exc)
+                if last:
+                    self._foreach_failed(unit.task)
+            self._wake(spare=1)
+
+    def unit_abandoned(self, unit: Unit) -> None:
+        """A unit stopped by an interruption: nothing is recorded."""
+        with self.lock:
+            self.plan.ended(unit)
+            self.lock.notify_all()
+
+    def save_progress(self, unit: Unit, value: Any, writes: dict[str, Any]) -> None:
+        """``ctx.progress.save``: the value and the unit's variable writes, durable before returning."""
+        with self.lock:
+            self.check_stop()
+            change = Change(progress={unit.key: value}, **self.publish(unit, writes))
+            ticket = self._submit([change])
+        self._durable(ticket, [], reason="progress")
+
+    def publish(self, unit: Unit, writes: dict[str, Any]) -> dict[str, Any]:
+        """Make a unit's variable writes the run's; return them as parts of its record.
+
+        The rule: a unit sees the variables as they were when it started plus its
+        own writes; its writes become the run's when its progress save or its
+        completion is recorded, atomically with that record. Two units that may
+        run at the same time (neither task depends on the other, or two items of
+        a foreach with ``concurrency`` above 1) must not write the same variable:
+        validation refuses it when both declare ``writes``, and otherwise the
+        second to record it fails here, naming the variable and both units (the
+        ``writers`` kept in the checkpoint make this hold across attempts too).
+        """
+        for name in writes:
+            last = self.state.writers.get(name)
+            overlap = last is not None and self.package.may_overlap(task_of(last), unit.task.id)
+            if last is not None and last != unit.label and overlap:
+                raise VariableConflict(
+                    f"variable {name!r} is written by {unit.label!r} and by {last!r}, which may run at "
+                    "the same time; make one task depend on the other, or return an output instead"
+                )
+        self.variables.update(writes)
+        return {
+            "variables": {n: v for n, v in writes.items() if n not in self.sensitive},
+            "secrets": self._encrypted(writes) if self.box else {},
+            "writers": dict.fromkeys(writes, unit.label),
+        }
+
+    def task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
+        """The task failed (under the lock): the package fails, or the failure is recorded."""
+        error = self.masker(f"task {task.id!r} failed: {describe(exc)}")
+        self.states[task.id] = TaskState.FAILED
+        if task.foreach is not None:
+            self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, error)
+        if task.fail_package_on_failure:
+            self.failures.append(error)
+            for blocked in self.plan.task_failed(task.id):
+                self.states[blocked] = TaskState.UPSTREAM_FAILED
+            return
+        log.warning("%s (fail_package_on_failure is false: the package goes on)", error)
+        change = Change(tasks={task.id: TaskRecord(state="failed", error=error)})
+        self._commit([change], [], finished=task)
+
+    def _foreach_failed(self, task: Task) -> None:
+        self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task))
+
+    def _task_done(self, task: Task) -> list[Change]:
+        """The record of a foreach that finished: its output is every item's, in item order."""
+        done = self.state.items.get(task.id, {})
+        output = {item_key(item): done.get(item_key(item)) for item in self.items[task.id]}
+        return [Change(tasks={task.id: TaskRecord(state="succeeded", output=output)})]
+
+    def _elapsed(self, task: Task) -> float:
+        return time.monotonic() - self.started.get(task.id, time.monotonic())
+
+    # -- checkpoint writes -------------------------------------------------------
+
+    def _submit(self, changes: list[Change]) -> Ticket | None:
+        """Apply ``changes`` to the state and queue them for the journal (under the lock)."""
+        for change in changes:
+            apply(self.state, change)
+        return self.commits.submit(changes) if self.commits is not None else None
+
+    def _commit(self, changes: list[Change], reports: list[_Report], finished: Task | None = None) -> None:
+        """Submit and wait, under the lock (rare paths: failures recorded, empty foreach)."""
+        ticket = self._submit(changes)
+        self._durable(ticket, reports)
+        if finished is not None:
+            self.plan.task_finished(finished.id)
+
+    def _durable(self, ticket: Ticket | None, reports: list[_Report], reason: str = "") -> None:
+        """Wait until ``ticket`` is durable, then report; release what finished; compact if due."""
+        try:
+            if ticket is not None and self.commits is not None:
+                self.commits.wait(ticket)
+        except Fenced as exc:
+            self.hooks.checkpoint_failed("fenced", str(exc))
+            self.raise_interrupt(AttemptFenced(str(exc)))
+        except (CheckpointError, OSError) as exc:
+            self.hooks.checkpoint_failed("error", str(exc))
+            self.raise_interrupt(CheckpointWriteFailed(f"checkpoint write failed: {exc}"))
+        size, seconds = (ticket.size, ticket.seconds) if ticket is not None else (0, 0.0)
+        with self.hooks.together():
+            for report in reports:
+                unit = report.unit
+                self.hooks.task_finished(unit.task.id, unit.item, report.state, report.seconds, report.error)
+                if self.saving:
+                    self.hooks.checkpoint_saved(size, seconds, report.reason)
+            if reason and self.saving:
+                self.hooks.checkpoint_saved(size, seconds, reason)
+        with self.lock:
+            for report in reports:
+                if report.unit.item is None and report.state is TaskState.SUCCEEDED:
+                    self.states[report.unit.task.id] = TaskState.SUCCEEDED
+                    self.plan.task_finished(report.unit.task.id)
+            self._compact_if_due()
+            self._wake(spare=1)
+
+    def _compact_if_due(self) -> None:
+        if self.commits is None or not self.commits.compaction_due():
+            return
+        try:
+            ticket = self.commits.compact(self._snapshot)
+        except Fenced as exc:
+            self.hooks.checkpoint_failed("fenced", str(exc))
+            self.raise_interrupt(AttemptFenced(str(exc)))
+        except (CheckpointError, OSError) as exc:
+            self.hooks.checkpoint_failed("error", str(exc))
+            self.raise_interrupt(CheckpointWriteFailed(f"checkpoint write failed: {exc}"))
+        self.hooks.checkpoint_saved(ticket.size, ticket.seconds, "compaction")
+
+    def _snapshot(self) -> Checkpoint:
+        self.state.updated_at = utcnow()
+        return self.state
+
+    def _encrypted(self, values: Mapping[str, Any]) -> dict[str, str]:
+        assert self.box is not None
+        return {n: self.box.encrypt(v) for n, v in values.items() if n in self.sensitive}
 
     def _delete_checkpoint(self) -> None:
         if not self.saving or self.store is None or self.options.keep_checkpoint:
@@ -520,41 +577,36 @@ class _Run:
 
     # -- stopping ----------------------------------------------------------------
 
+    def _writable(self) -> None:
+        """Raise unless this attempt may still write (checked right before every write)."""
+        if self.interrupted is not None:
+            raise self.interrupted
+        self._guard()
+
     def _guard(self) -> None:
         if self.options.guard is not None:
             try:
                 self.options.guard()
             except AttemptFenced as exc:
-                self._interrupt(exc)
+                self.raise_interrupt(exc)
 
-    def _interrupt(self, exc: RunInterrupted) -> NoReturn:
-        """Stop the run: remember why (so a task swallowing the error cannot hide it) and raise."""
-        self.interrupted = self.interrupted or exc
-        self.stop.set()
+    def interrupt(self, exc: BaseException) -> None:
+        """Stop the run: remember why (the first reason wins), stop every unit, wake everyone."""
+        with self.lock:
+            if self.interrupted is None:
+                self.interrupted = exc
+            self.stop.set()
+            self.over.set()
+            self.lock.notify_all()
+
+    def raise_interrupt(self, exc: RunInterrupted) -> None:
+        """Interrupt the run and raise (so a task swallowing the error cannot hide it)."""
+        self.interrupt(exc)
         raise exc
 
-    def _raise_if_interrupted(self) -> None:
+    def check_stop(self) -> None:
         if self.interrupted is not None:
             raise self.interrupted
-
-    def _check_stop(self) -> None:
-        self._raise_if_interrupted()
         self._guard()
         if self.stop.is_set():
-            self._interrupt(RunCancelled("stop requested"))
-
-
-def _progress_key(task_id: str, item: ForeachItem | None) -> str:
-    return task_id if item is None else f"{task_id}:{item_key(item)}"
-
-
-def _item_suffix(item: ForeachItem | None, sep: str = "") -> str:
-    if item is None:
-        return ""
-    return f"{sep}{item_key(item)}" if sep else f"[{item_key(item)}]"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TaskError | TaskCancelled):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+            self.raise_interrupt(RunCancelled("stop requested"))

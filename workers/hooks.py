@@ -1,4 +1,8 @@
-"""Execution hooks of a worker attempt: several observers in turn, and the Prometheus metrics."""
+"""Execution hooks of a worker attempt: several observers in turn, and the Prometheus metrics.
+
+Both are safe to call from several threads (units of an attempt run in threads):
+:class:`AllHooks` holds no state, and Prometheus metrics are thread-safe.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,10 @@ class AllHooks(ExecutionHooks):
     ) -> None:
         for hooks in self.hooks:
             hooks.task_finished(task_id, item, state, seconds, error)
+
+    def foreach_started(self, task_id: str, items: int, finished: int) -> None:
+        for hooks in self.hooks:
+            hooks.foreach_started(task_id, items, finished)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         for hooks in self.hooks:

@@ -33,6 +33,10 @@ class LeaseKeeper(threading.Thread):
     what ``on_lost`` returns, if anything, is called when the keeper is stopped
     (the attempt ended), to disarm it.
     A requested cancellation sets ``stop`` too, with ``cancelled`` true.
+    ``hung``, asked before each renewal, says why the attempt must be given up
+    although its lease could be renewed (a checkpoint store operation that never
+    returns, :class:`~workers.storewatch.StoreWatch`): the keeper then stops
+    renewing and the attempt is lost as above.
     """
 
     def __init__(
@@ -47,8 +51,10 @@ class LeaseKeeper(threading.Thread):
         ttl: float,
         stop: threading.Event,
         on_lost: Callable[[], Callable[[], None] | None] | None = None,
+        hung: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(name=f"lease-{run_id}", daemon=True)
+        self.hung = hung
         self.liveness = liveness
         self.run_id, self.epoch, self.attempt, self.node = run_id, epoch, attempt, node
         self.interval, self.ttl = interval, ttl
@@ -67,6 +73,10 @@ class LeaseKeeper(threading.Thread):
                 return
 
     def _renew_once(self) -> None:
+        why = self.hung() if self.hung is not None else None
+        if why is not None:
+            self._lose(why)
+            return
         try:
             status = self.liveness.renew(self.run_id, self.epoch, self.node, self.attempt)
         except redis.RedisError as exc:

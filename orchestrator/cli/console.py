@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -30,13 +32,21 @@ _STATE_STYLE = {
 }
 
 
+def _unit(task_id: str, item: ForeachItem | None) -> tuple[str, str | None]:
+    return task_id, None if item is None else item_key(item)
+
+
 def _label(task_id: str, item: ForeachItem | None) -> str:
     """``task`` or ``task[item]``, escaped for rich markup."""
     return escape(task_id if item is None else f"{task_id}[{item_key(item)}]")
 
 
 class ProgressDisplay(ExecutionHooks):
-    """Execution hooks drawing progress; a context manager around the run."""
+    """Execution hooks drawing progress; a context manager around the run.
+
+    The package's bar counts finished tasks and names the units in flight (several
+    run at once); each foreach gets a bar of its own counting items. Thread-safe.
+    """
 
     def __init__(self, package: Package, console: Console, *, quiet: bool = False) -> None:
         self.package = package
@@ -54,6 +64,9 @@ class ProgressDisplay(ExecutionHooks):
             disable=not self.live,
         )
         self.bar = self.progress.add_task(package.name, total=len(package.tasks))
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str | None], str] = {}  # units in flight, in start order
+        self._item_bars: dict[str, TaskID] = {}
 
     def __enter__(self) -> ProgressDisplay:
         self.progress.start()
@@ -81,7 +94,21 @@ class ProgressDisplay(ExecutionHooks):
 
     def task_started(self, task_id: str, item: ForeachItem | None, try_number: int) -> None:
         retry = f" (try {try_number})" if try_number > 1 else ""
-        self.progress.update(self.bar, description=f"{self.package.name}: {_label(task_id, item)}{retry}")
+        with self._lock:
+            self._running[_unit(task_id, item)] = f"{_label(task_id, item)}{retry}"
+            self._describe()
+
+    def foreach_started(self, task_id: str, items: int, finished: int) -> None:
+        with self._lock:
+            self._item_bars[task_id] = self.progress.add_task(
+                f"  {escape(task_id)}", total=items, completed=finished
+            )
+
+    def _describe(self) -> None:
+        running = list(self._running.values())
+        shown = ", ".join(running[:3]) + (f" +{len(running) - 3} more" if len(running) > 3 else "")
+        description = f"{self.package.name}: {shown}" if shown else self.package.name
+        self.progress.update(self.bar, description=description)
 
     def task_finished(
         self,
@@ -93,9 +120,14 @@ class ProgressDisplay(ExecutionHooks):
     ) -> None:
         mark = "[green]✓[/]" if state is TaskState.SUCCEEDED else "[red]✗[/]"
         detail = f" {escape(error)}" if error else ""
-        self._say(f"{mark} {_label(task_id, item)} [dim]{seconds:.2f}s[/]{detail}")
-        if item is None and state is TaskState.SUCCEEDED:
-            self.progress.advance(self.bar)
+        with self._lock:
+            self._say(f"{mark} {_label(task_id, item)} [dim]{seconds:.2f}s[/]{detail}")
+            self._running.pop(_unit(task_id, item), None)
+            if item is None and state is TaskState.SUCCEEDED:
+                self.progress.advance(self.bar)
+            elif item is not None and state is TaskState.SUCCEEDED and task_id in self._item_bars:
+                self.progress.advance(self._item_bars[task_id])
+            self._describe()
 
     def run_finished(self, result: RunResult) -> None:
         self.progress.update(

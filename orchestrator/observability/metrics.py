@@ -73,6 +73,7 @@ _lock = threading.Lock()
 _created: list[Metrics] = []  # the process's metrics once made (at most one)
 _gauges: list[Gauges] = []
 _label_values: dict[str, set[str]] = {}
+_label_lock = threading.Lock()
 
 
 def _create(registry: CollectorRegistry) -> Metrics:
@@ -131,7 +132,7 @@ def metrics() -> Metrics:
     with _lock:
         if not _created:
             made = _create(prometheus_client.REGISTRY)
-            for result in ("ok", "fenced", "error"):
+            for result in ("ok", "fenced", "error", "timeout"):
                 made.checkpoint_writes.labels(result=result)
             for kind in PURGED_KINDS:
                 made.purged.labels(kind=kind)
@@ -191,13 +192,14 @@ def serve(port: int, *, multiprocess_mode: bool = False) -> int:
 
 def bounded(kind: str, value: str) -> str:
     """``value`` as a label, or ``other`` once ``kind`` has MAX_LABEL_VALUES distinct values."""
-    seen = _label_values.setdefault(kind, set())
-    if value in seen:
+    with _label_lock:  # hooks of parallel units call this from several threads
+        seen = _label_values.setdefault(kind, set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
         return value
-    if len(seen) >= MAX_LABEL_VALUES:
-        return "other"
-    seen.add(value)
-    return value
 
 
 def set_run_counts(counts: dict[RunState, int]) -> None:

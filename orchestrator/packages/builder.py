@@ -53,6 +53,8 @@ class _TaskOptions(TypedDict, total=False):
     fail_package_on_failure: bool
     always_rerun: bool
     description: str
+    concurrency: int
+    writes: Iterable[str]
 
 
 class PackageBuilder:
@@ -78,6 +80,11 @@ class PackageBuilder:
     def max_restarts(self, count: int) -> Self:
         """Node-loss resubmissions allowed before the run fails."""
         self._data["max_restarts"] = count
+        return self
+
+    def max_concurrency(self, count: int) -> Self:
+        """Units (tasks, foreach items) of one run at once."""
+        self._data["max_concurrency"] = count
         return self
 
     def variable(self, name: str, **options: Unpack[_VariableOptions]) -> Self:

@@ -35,6 +35,7 @@ def graph_issues(data: Any) -> list[Issue]:
     # variables that are not a mapping are already an error: no "unknown variable" noise
     declared = dict(variables) if isinstance(variables, Mapping) else None
     issues.extend(_template_issues(tasks, graph, declared))
+    issues.extend(write_issues(tasks, graph, declared, data.get("max_concurrency")))
     return issues
 
 
@@ -299,3 +300,59 @@ def _foreach_type_issues(
             f"{{{{ {ref} }}}}: variable {ref.path[0]!r} is of type {kind}, foreach needs a list",
         )
     ]
+
+
+def write_issues(
+    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None, max_concurrency: Any
+) -> list[Issue]:
+    """``writes`` naming unknown variables, or a variable two units that may run at once both write.
+
+    Two tasks may run at once unless one depends on the other; the items of a
+    foreach with ``concurrency`` above 1 may too; nothing does at ``max_concurrency: 1``.
+    """
+    issues: list[Issue] = []
+    writers: list[tuple[int, str, set[str]]] = []
+    for position, task in enumerate(tasks):
+        writes = task.get("writes") if isinstance(task, Mapping) else None
+        task_id = task.get("id") if isinstance(task, Mapping) else None
+        if not isinstance(writes, list) or not isinstance(task_id, str):
+            continue
+        names = {w for w in writes if isinstance(w, str)}
+        for slot, name in enumerate(writes):
+            if variables is not None and isinstance(name, str) and name not in variables:
+                where = f"tasks[{position}].writes[{slot}]"
+                issues.append(Issue(where, f"unknown variable {name!r}" + suggestion(name, variables)))
+        writers.append((position, task_id, names))
+    if max_concurrency == 1:
+        return issues
+    for position, task_id, names in writers:
+        concurrency = tasks[position].get("concurrency", 1)
+        parallel_items = isinstance(concurrency, int) and concurrency > 1
+        if names and tasks[position].get("foreach") is not None and parallel_items:
+            issues.append(
+                Issue(
+                    f"tasks[{position}].writes",
+                    f"the items of {task_id!r} run {concurrency} at once, so they must not write variables "
+                    "(return outputs instead, or set concurrency: 1)",
+                )
+            )
+    issues.extend(_overlapping_writes(writers, graph))
+    return issues
+
+
+def _overlapping_writes(writers: list[tuple[int, str, set[str]]], graph: dict[str, list[str]]) -> list[Issue]:
+    issues: list[Issue] = []
+    for index, (position, task_id, names) in enumerate(writers):
+        for _, other, other_names in writers[:index]:
+            shared = sorted(names & other_names)
+            related = other in _ancestors(graph, task_id) or task_id in _ancestors(graph, other)
+            if shared and not related and task_id != other:
+                issues.append(
+                    Issue(
+                        f"tasks[{position}].writes",
+                        f"tasks {other!r} and {task_id!r} may run at the same time (neither depends on "
+                        f"the other) and both write {', '.join(map(repr, shared))}: make one depend on "
+                        "the other, or let one return an output instead",
+                    )
+                )
+    return issues

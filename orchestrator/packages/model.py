@@ -45,6 +45,15 @@ StrictInt = Annotated[int, Strict()]
 StrictFloat = Annotated[float, Strict()]  # accepts an int, refuses a bool or a string
 StrictBool = Annotated[bool, Strict()]
 
+DEFAULT_MAX_CONCURRENCY = 4
+"""Units of one run at once unless the package says otherwise (docs: README, "Parallel units").
+
+ETL units mostly wait on databases and files, so a few at once overlap that
+waiting; four keeps what one run asks of its sources (connections, I/O) modest,
+and is the same on every node, so a run resumed elsewhere behaves the same (SSIS's
+default, the processor count plus two, depends on the machine the package lands on).
+"""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +100,8 @@ class Task(_Strict):
     depends_on: list[TaskId] = Field(default_factory=list)
     fail_package_on_failure: StrictBool = True
     always_rerun: StrictBool = False
+    concurrency: StrictInt = Field(default=1, ge=1, le=1000)
+    writes: list[VariableName] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
@@ -98,6 +109,12 @@ class Task(_Strict):
             raise ValueError("a task has both 'python' and 'shell'; give exactly one")
         if self.python is None and self.shell is None:
             raise ValueError("a task needs 'python' (module:function) or 'shell' (a command)")
+        if self.concurrency != 1 and self.foreach is None:
+            raise ValueError("'concurrency' is how many foreach items run at once: it needs 'foreach'")
+        if self.writes and self.shell is not None:
+            raise ValueError("a shell task cannot assign variables: 'writes' is for python tasks")
+        if self.writes is not None and len(set(self.writes)) != len(self.writes):
+            raise ValueError("'writes' names a variable twice")
         return self
 
     @field_validator("foreach")
@@ -130,6 +147,7 @@ class Package(_Strict):
     description: str = ""
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     max_restarts: StrictInt | None = Field(default=None, ge=0, le=1000)
+    max_concurrency: StrictInt = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=1000)
     variables: dict[VariableName, Variable] = Field(default_factory=dict)
     tasks: list[Task] = Field(min_length=1)
 
@@ -156,21 +174,73 @@ class Package(_Strict):
         Computed once (the executor reads it for every checkpoint): the package is frozen,
         and :meth:`model_copy` drops the remembered value.
         """
-        body = json.dumps(self.model_dump(mode="json", exclude=_DESCRIPTIONS), sort_keys=True)
+        definition = self.model_dump(mode="json", exclude=_DESCRIPTIONS)
+        # Keys added after the first version count only when set: a package that does not use
+        # them keeps the hash it had, so its checkpoints from the previous version still match.
+        _drop_defaults(definition, _LATER_PACKAGE_KEYS)
+        for task in definition["tasks"]:
+            _drop_defaults(task, _LATER_TASK_KEYS)
+        body = json.dumps(definition, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
+
+    @cached_property
+    def ancestors(self) -> dict[str, frozenset[str]]:
+        """Every task's transitive dependencies."""
+        depends = {task.id: task.depends_on for task in self.tasks}
+        return {task_id: _reachable(depends, task_id) for task_id in depends}
+
+    def may_overlap(self, first: str, second: str) -> bool:
+        """True if units of these two tasks (or two items of one task) may run at the same time.
+
+        Two tasks may unless one depends on the other; two items of one foreach may
+        when its ``concurrency`` is above 1; nothing overlaps at ``max_concurrency: 1``.
+        """
+        if self.max_concurrency == 1:
+            return False
+        if first == second:
+            task = self.task(first)
+            return task.foreach is not None and task.concurrency > 1
+        return first not in self.ancestors[second] and second not in self.ancestors[first]
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
         copied.__dict__.pop("definition_hash", None)  # a changed copy hashes its own definition
+        copied.__dict__.pop("ancestors", None)
         return copied
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True)
 
 
+_LATER_PACKAGE_KEYS = {"max_concurrency": DEFAULT_MAX_CONCURRENCY}
+_LATER_TASK_KEYS = {"concurrency": 1, "writes": None}
+
+
+def _drop_defaults(definition: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    for key, default in defaults.items():
+        if key in definition and definition[key] == default:
+            del definition[key]
+
+
+def _reachable(depends: Mapping[str, list[str]], start: str) -> frozenset[str]:
+    seen: set[str] = set()
+    pending = list(depends[start])
+    while pending:
+        dependency = pending.pop()
+        if dependency not in seen:
+            seen.add(dependency)
+            pending.extend(depends.get(dependency, ()))
+    return frozenset(seen)
+
+
 def item_key(item: ForeachItem) -> str:
-    """The stable string form of a foreach item (checkpoint keys, idempotency keys)."""
-    return item if isinstance(item, str) else json.dumps(item)
+    """The stable string form of a foreach item (checkpoint keys, idempotency keys): its JSON,
+    a string as itself."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, int) and not isinstance(item, bool):
+        return str(item)  # what json.dumps gives, without its cost (called per item, often)
+    return json.dumps(item)
 
 
 # Only the models' own descriptions: a task *param* named "description" is data

@@ -26,6 +26,7 @@ _PATTERN_HINTS = {
     "id": "a task id is 1-64 characters of [a-z0-9_-]",
     "depends_on": "a task id is 1-64 characters of [a-z0-9_-]",
     "python": "a python task is 'package.module:function'",
+    "writes": "a variable name is [A-Za-z_][A-Za-z0-9_]{0,63}",
 }
 
 

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds a schedule's slot may fire late and still count as on time (not missed)",
     )
+    checkpoint_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a checkpoint store operation may take on a worker before its attempt is "
+        "given up as lost (a hung NFS mount, a stalled disk) and the run resumed elsewhere",
+    )
     log_json: bool = Field(default=False, description="structured JSON log lines")
     log_level: str = Field(default="INFO", description="logging level")
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from checkpoints import FilesystemCheckpointStore
 from tests.support import tasks as T
 from tests.support.cli import cli_env, orchestrator_bin, run_cli, wait_until, write_package
 
@@ -490,10 +491,9 @@ def test_cancel_keeps_the_checkpoint_and_resume_finishes_from_it(cluster: LocalC
     assert status["state"] == "cancelled", status
     assert status["tasks"] == {"t1": "succeeded", "t2": "cancelled", "t3": "cancelled"}
     assert "checkpoint kept" in status["error"]
-    checkpoint = cluster.state_dir / "checkpoints" / "held" / run_id / "checkpoint.json"
-    assert checkpoint.is_file()
-    body = json.loads(checkpoint.read_text())["body"]
-    assert body["run_id"] == run_id and sorted(body["tasks"]) == ["t1"]
+    kept = FilesystemCheckpointStore(cluster.state_dir / "checkpoints").load("held", run_id)
+    assert kept is not None
+    assert kept.run_id == run_id and sorted(kept.tasks) == ["t1"]
     assert starts(log, "t3") == 0
 
     resumed = cluster.cli("resume", run_id)
@@ -507,7 +507,10 @@ def test_cancel_keeps_the_checkpoint_and_resume_finishes_from_it(cluster: LocalC
     assert [e["epoch"] for e in entries if e["task"] == "t3"] == [2, 2]
     events = cluster.json("events", run_id)
     assert [e["detail"].get("skipped") for e in events if e["kind"] == "resumed"] == [1]
-    assert not checkpoint.exists(), "the checkpoint outlived the run's success"
+    run_dir = cluster.state_dir / "checkpoints" / "held" / run_id
+    assert {p.name for p in run_dir.iterdir()} == {"epoch", ".lock"}, (
+        "the checkpoint outlived the run's success"
+    )
 
 
 def test_cancel_does_not_record_a_cut_short_task_as_done(cluster: LocalCluster) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from checkpoints import FilesystemCheckpointStore
 from tests.support import tasks as T
 from tests.support.cli import ROOT, run_cli, start_cli, wait_until, write_package
 
@@ -68,7 +69,8 @@ def test_sigkilled_run_resumes_without_repeating_finished_tasks(tmp_path: Path, 
     if units:
         done = [e["unit"] for e in entries if e["event"] == "unit"]
         assert done == list(range(10)), "units before the kill were not redone"
-    assert not (tmp_path / ".orchestrator/checkpoints/chain/local/checkpoint.json").exists()
+    run_dir = tmp_path / ".orchestrator/checkpoints/chain/local"
+    assert {p.name for p in run_dir.iterdir()} == {"epoch", ".lock"}, "the checkpoint is deleted"
 
 
 def test_sigterm_cancels_keeps_the_checkpoint_and_resumes(tmp_path: Path) -> None:
@@ -79,8 +81,9 @@ def test_sigterm_cancels_keeps_the_checkpoint_and_resumes(tmp_path: Path) -> Non
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 1
-    checkpoint = tmp_path / ".orchestrator/checkpoints/chain/local/checkpoint.json"
-    assert checkpoint.exists()
+    store = FilesystemCheckpointStore(tmp_path / ".orchestrator/checkpoints")
+    kept = store.load("chain", "local")
+    assert kept is not None and sorted(kept.tasks) == ["t1", "t2"]
     hold.touch()
     second = run_cli("run", str(package), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
@@ -106,13 +109,13 @@ def test_example_package_resumes_mid_partition_after_sigkill(tmp_path: Path) -> 
     process = start_cli(
         "run", str(EXAMPLE), "--var", "rows=3000", "--var", "pace=0.05", "--quiet", cwd=tmp_path
     )
-    checkpoint = tmp_path / ".orchestrator/checkpoints/orders_nightly/local/checkpoint.json"
+    store = FilesystemCheckpointStore(tmp_path / ".orchestrator/checkpoints")
 
     def mid_partition() -> bool:
-        if not checkpoint.exists():
+        if not store.run_dir("orders_nightly", "local").exists():
             return False
-        body = checkpoint.read_text()
-        return '"offset"' in body
+        saved = store.load("orders_nightly", "local")
+        return saved is not None and any('"offset"' in json.dumps(p) for p in saved.progress.values())
 
     try:
         wait_until(mid_partition, timeout=60, what="a partition's progress to be saved")

@@ -58,8 +58,11 @@ def epoch_file(harness: Harness, run_id: str) -> Path:
     return harness.store.run_dir("pkg", run_id) / "epoch"
 
 
-def latest_file(harness: Harness, run_id: str) -> Path:
-    return harness.store.run_dir("pkg", run_id) / "checkpoint.json"
+def checkpoint_files(harness: Harness, run_id: str) -> dict[str, bytes]:
+    """Every snapshot and journal of the run, by name (format 2 keeps its checkpoint in both)."""
+    directory = harness.store.run_dir("pkg", run_id)
+    files = [*directory.glob("snapshot-*.json"), *directory.glob("journal-*.log")]
+    return {path.name: path.read_bytes() for path in files}
 
 
 # -- a whole run -----------------------------------------------------------------------------
@@ -212,14 +215,15 @@ def test_an_attempt_fenced_mid_task_stops_and_writes_nothing(
     newer = harness.node("n2").run(harness.last(run_id))
     assert newer is not None and newer.state is RunState.SUCCEEDED
     assert newer.skipped == ["a"]
-    final = latest_file(harness, run_id).read_bytes()
+    final = checkpoint_files(harness, run_id)
+    assert any(name.startswith("snapshot-") for name in final)
     assert epoch_file(harness, run_id).read_text().strip() == "2"
     events_before = kinds(harness, run_id)
 
     gate.set()
     assert attempt.outcome() is None
 
-    assert latest_file(harness, run_id).read_bytes() == final, "no write by the fenced attempt"
+    assert checkpoint_files(harness, run_id) == final, "no write by the fenced attempt"
     assert epoch_file(harness, run_id).read_text().strip() == "2"
     kept = checkpoint(harness, run_id)
     assert kept is not None and kept.epoch == 2 and set(kept.tasks) == {"a", "u", "c"}

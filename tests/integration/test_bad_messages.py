@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from orchestrator.errors import RunNotFound
 from orchestrator.runtime.broker import CONTROL_QUEUE, RUN_QUEUE, RUN_TASK, SUBMIT_TASK
 from orchestrator.state.states import RunState
 from tests.support.cli import wait_until
@@ -81,7 +82,8 @@ def test_pickled_and_malformed_messages_are_refused(cluster: Cluster) -> None:
         what=f"the scheduler to refuse the malformed submission\n{cluster.tail()}",
     )
     assert not marker.exists(), "a pickled message was deserialised"
-    refused = cluster.services.repository.run_row("x")
+    # The refusal is logged before its row is committed: wait for the row.
+    refused = wait_until(lambda: _maybe_run(cluster, "x"), timeout=30, what="the refused run's row")
     assert refused.state is RunState.FAILED and "refused" in (refused.error or "")
     # The cluster still works after all that.
     good = cluster.tmp / "good.yaml"
@@ -90,3 +92,10 @@ def test_pickled_and_malformed_messages_are_refused(cluster: Cluster) -> None:
 
     run_id = cluster.client.submit(load_package(good))
     assert cluster.client.wait(run_id, timeout=60)["state"] == "succeeded"
+
+
+def _maybe_run(cluster: Cluster, run_id: str) -> Any:
+    try:
+        return cluster.services.repository.run_row(run_id)
+    except RunNotFound:
+        return None

@@ -33,6 +33,7 @@ def test_twenty_packages_survive_killed_and_paused_nodes(
     print(report.table())  # shown by pytest -rA or on failure
 
     assert report.kills >= 1 and report.stops >= 1, "the killer struck with both SIGKILL and SIGSTOP"
+    assert report.parallel_packages == 6, "every third package runs four units at once"
     assert (report.submitted, report.succeeded, report.lost) == (20, 20, 0), report.table()
     assert report.finished_reexecuted == 0, report.table()
     assert report.units_redone == 0, report.table()

@@ -184,18 +184,23 @@ def test_two_processes_racing_the_higher_epoch_wins(
     assert seen == sorted(seen), "the stored checkpoint went back in time"
     assert caplog.records == []
 
-    # The final state belongs to the newer writer, both generations intact.
+    # The final state belongs to the newer writer, both generations intact (each save of a
+    # whole checkpoint is a generation: a snapshot and its empty journal).
     directory = store.run_dir(PACKAGE, RUN)
-    latest = decode((directory / "checkpoint.json").read_bytes())
-    previous = decode((directory / "checkpoint.prev.json").read_bytes())
+    newest = max(int(p.stem.split("-")[1]) for p in directory.glob("snapshot-*.json"))
+    latest = decode((directory / f"snapshot-{newest}.json").read_bytes())
+    previous = decode((directory / f"snapshot-{newest - 1}.json").read_bytes())
     assert (latest.epoch, latest.progress) == (2, {"writer": 2, "seq": HIGH_WRITES - 1})
     assert (previous.epoch, previous.progress) == (2, {"writer": 2, "seq": HIGH_WRITES - 2})
+    assert newest == outcomes.count("ok") + HIGH_WRITES, "one generation per accepted save"
     assert store.epoch(PACKAGE, RUN) == 2
     assert sorted(p.name for p in directory.iterdir()) == [
         ".lock",
-        "checkpoint.json",
-        "checkpoint.prev.json",
         "epoch",
+        f"journal-{newest - 1}.log",
+        f"journal-{newest}.log",
+        f"snapshot-{newest - 1}.json",
+        f"snapshot-{newest}.json",
     ]
 
 
@@ -221,8 +226,9 @@ def test_a_fenced_process_cannot_write_after_a_fence_from_another(tmp_path: Path
     store.save(
         Checkpoint(package=PACKAGE, definition_hash="h" * 64, run_id=RUN, epoch=1, progress={"seq": 0})
     )
-    before = (store.run_dir(PACKAGE, RUN) / "checkpoint.json").read_bytes()
     store.fence(PACKAGE, RUN, 2)
+    directory = store.run_dir(PACKAGE, RUN)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
     script = r"""
 import sys
 from checkpoints import Checkpoint, Fenced, FilesystemCheckpointStore
@@ -243,4 +249,4 @@ sys.exit("the stale write was accepted")
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == "2"
-    assert (store.run_dir(PACKAGE, RUN) / "checkpoint.json").read_bytes() == before
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before

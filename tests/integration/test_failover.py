@@ -30,8 +30,11 @@ FAST = {
 HOLD_AT = 4
 
 
-def ten_tasks(hold: Path, *, max_restarts: int = 5, name: str = "ten") -> Package:
-    """t1 -> ... -> t10; t6 saves progress unit by unit and holds before unit HOLD_AT."""
+def ten_tasks(hold: Path, *, max_restarts: int = 5, name: str = "ten", pad: int = 0) -> Package:
+    """t1 -> ... -> t10; t6 saves progress unit by unit and holds before unit HOLD_AT.
+
+    ``pad``: bytes added to each of t6's progress saves.
+    """
     tasks: list[dict[str, Any]] = []
     for n in range(1, 11):
         task: dict[str, Any] = {
@@ -41,7 +44,12 @@ def ten_tasks(hold: Path, *, max_restarts: int = 5, name: str = "ten") -> Packag
         }
         if n == 6:
             task["python"] = "tests.support.tasks:units"
-            task["params"] = {"units": 8, "hold_at": HOLD_AT, "hold": str(hold)}
+            task["params"] = {
+                "units": 8,
+                "hold_at": HOLD_AT,
+                "hold": str(hold),
+                **({"pad": pad} if pad else {}),
+            }
         tasks.append(task)
     return parse_package({"name": name, "max_restarts": max_restarts, "tasks": tasks})
 
@@ -158,8 +166,8 @@ def test_run_fails_after_max_restarts_and_keeps_its_checkpoint(cluster: Cluster)
     final = finished(cluster, run_id)
     assert final["state"] == "failed" and final["restarts"] == 3
     assert "max_restarts (2) exhausted" in final["error"]
-    checkpoint = cluster.checkpoint_root / "ten" / run_id / "checkpoint.json"
-    assert checkpoint.exists()
+    checkpoint = cluster.checkpoint_root / "ten" / run_id
+    assert list(checkpoint.glob("snapshot-*.json")), "the checkpoint is kept"
     assert [a.state.value for a in cluster.services.repository.attempts(run_id)] == ["lost"] * 3
 
 

@@ -167,7 +167,9 @@ def test_checkpoint_storage_fault_mid_run_fails_clearly_and_resume_finishes(
     cluster.overrides.update(FAST)
     start(cluster, nodes=1)
     hold = cluster.tmp / "release"
-    run_id = cluster.client.submit(ten_tasks(hold))
+    # A save is an append to the run's journal: one that fits in the journal's last page needs no
+    # room on the disk, so t6's saves carry 8 KiB each, more than a page.
+    run_id = cluster.client.submit(ten_tasks(hold, pad=8192))
     wait_until(lambda: holding(cluster, 1), timeout=60, what=f"t6 to hold\n{cluster.tail()}")
 
     tiny_store.break_it(fault)

@@ -114,6 +114,7 @@ class ChaosConfig:
     max_restarts: int = 100
     deadline: float = 600.0
     seed: int = 1
+    parallel_every: int = 3  # every third package runs units in parallel (0: none)
 
     def overrides(self) -> dict[str, str]:
         return {
@@ -124,8 +125,21 @@ class ChaosConfig:
         }
 
 
+def is_parallel(index: int, config: ChaosConfig) -> bool:
+    return config.parallel_every > 0 and index % config.parallel_every == config.parallel_every - 1
+
+
+def width(index: int, config: ChaosConfig) -> int:
+    """How many units of package ``index`` may be in flight at once (what a lost attempt may cost)."""
+    return 1 + len(ITEMS) if is_parallel(index, config) else 1
+
+
 def chaos_definition(index: int, config: ChaosConfig, sink: Path) -> dict[str, Any]:
-    """extract -> clean -> transform (foreach a, b, c) -> load (saves progress) -> publish."""
+    """extract -> clean -> transform (foreach a, b, c) -> load (saves progress) -> publish.
+
+    A parallel package (every ``parallel_every``-th) runs clean beside transform, whose
+    three items run at once: extract -> (clean | transform[a, b, c]) -> load -> publish.
+    """
     step = config.task_seconds
 
     def task(task_id: str, after: str | None, **params: Any) -> dict[str, Any]:
@@ -134,16 +148,22 @@ def chaos_definition(index: int, config: ChaosConfig, sink: Path) -> dict[str, A
             body["depends_on"] = [after]
         return body
 
-    transform = task("transform", "clean", step=step / 2)
+    parallel = is_parallel(index, config)
+    transform = task("transform", "extract" if parallel else "clean", step=step / 2)
     transform["foreach"] = list(ITEMS)
+    load = task("load", "transform", step=step / 2, units=LOAD_UNITS, save=True)
+    if parallel:
+        transform["concurrency"] = len(ITEMS)
+        load["depends_on"] = ["clean", "transform"]
     return {
         "name": f"chaos_{index:03d}",
         "max_restarts": config.max_restarts,
+        "max_concurrency": width(index, config),
         "tasks": [
             task("extract", None, step=step),
             task("clean", "extract", step=step),
             transform,
-            task("load", "transform", step=step / 2, units=LOAD_UNITS, save=True),
+            load,
             task("publish", "load", step=step / 2),
         ],
     }
@@ -305,6 +325,7 @@ class ChaosRun:
     blows: list[Disruption]
     seconds: float
     errors: list[str] = field(default_factory=list)
+    widths: dict[str, int] = field(default_factory=dict)  # run id -> units it may have in flight
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -355,7 +376,8 @@ def run_chaos(
         services.close()
     (workdir / "blows.json").write_text(json.dumps([asdict(b) for b in killer.disruptions], indent=1))
     errors = [f"the killer failed: {killer.error!r}"] if killer.error is not None else []
-    return ChaosRun(config, run_ids, histories, read_sink(sink), killer.disruptions, seconds, errors)
+    widths = {run_id: width(index, config) for index, run_id in enumerate(run_ids)}
+    return ChaosRun(config, run_ids, histories, read_sink(sink), killer.disruptions, seconds, errors, widths)
 
 
 def _start(cluster: ChaosCluster, services: Any, config: ChaosConfig) -> None:

@@ -72,7 +72,11 @@ def step(ctx: TaskContext) -> dict[str, Any]:
 
 
 def units(ctx: TaskContext) -> dict[str, Any]:
-    """Process ``units`` units, saving progress after each; may hold before unit ``hold_at``."""
+    """Process ``units`` units, saving progress after each; may hold before unit ``hold_at``.
+
+    With ``pace``, each unit takes that many seconds; with ``pad``, each saved progress
+    value carries that many bytes more (a save that needs room on the disk).
+    """
     record(ctx, "start")
     start = (ctx.progress.get() or {"done": 0})["done"]
     total = int(ctx.params["units"])
@@ -84,7 +88,11 @@ def units(ctx: TaskContext) -> dict[str, Any]:
         if hook is not None:
             hook(ctx)
         record(ctx, "unit", unit=unit)
-        ctx.progress.save({"done": unit + 1})
+        if "pace" in ctx.params:
+            time.sleep(float(ctx.params["pace"]))  # the unit's work
+        ctx.progress.save(
+            {"done": unit + 1, **({"pad": "x" * int(ctx.params["pad"])} if "pad" in ctx.params else {})}
+        )
         record(ctx, "saved", unit=unit)
     record(ctx, "end")
     return {"task": ctx.task_id, "resumed_at": start}

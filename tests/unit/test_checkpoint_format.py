@@ -90,7 +90,7 @@ def test_encoding_has_header_checksum_and_canonical_body() -> None:
     checkpoint = full_checkpoint()
     data = encode(checkpoint)
     version, digest, body = split(data)
-    assert version == FORMAT_VERSION == 1
+    assert version == FORMAT_VERSION == 2
     assert digest == hashlib.sha256(body).hexdigest()
     # The body is canonical (sorted, compact) so the digest is reproducible.
     assert body == canonical_json(json.loads(body))
@@ -169,9 +169,9 @@ def test_hand_edited_body_with_stale_checksum_is_refused() -> None:
 def test_wrong_format_version_is_refused_even_with_valid_checksum() -> None:
     _, _, body = split(encode(full_checkpoint()))
     with pytest.raises(CheckpointCorrupt) as caught:
-        decode(frame(body, version=2), source=SOURCE)
+        decode(frame(body, version=3), source=SOURCE)
     message = str(caught.value)
-    assert "format version 2 is not supported" in message
+    assert "format version 3 is not supported" in message
     assert f"reads {FORMAT_VERSION}" in message
 
 

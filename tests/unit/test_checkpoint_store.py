@@ -107,6 +107,25 @@ def run_files(fs: FilesystemCheckpointStore) -> set[str]:
     return {p.name for p in fs.run_dir(PACKAGE, RUN).iterdir()}
 
 
+def generation_files(*numbers: int) -> set[str]:
+    """The files of the given generations (format 2: a snapshot and its journal each)."""
+    return {f"snapshot-{n}.json" for n in numbers} | {f"journal-{n}.log" for n in numbers}
+
+
+def snapshots(fs: FilesystemCheckpointStore, run_id: str = RUN) -> list[Path]:
+    """The run's snapshot files, oldest generation first."""
+    found = fs.run_dir(PACKAGE, run_id).glob("snapshot-*.json")
+    return sorted(found, key=lambda p: int(p.stem.split("-")[1]))
+
+
+def latest(fs: FilesystemCheckpointStore) -> Path:
+    return snapshots(fs)[-1]
+
+
+def previous(fs: FilesystemCheckpointStore) -> Path:
+    return snapshots(fs)[-2]
+
+
 # -- the shared contract -----------------------------------------------------------
 
 
@@ -473,20 +492,21 @@ def test_filesystem_layout(fs: FilesystemCheckpointStore, tmp_path: Path) -> Non
     fs.save(first)
     directory = tmp_path / "checkpoints" / PACKAGE / RUN
     assert fs.run_dir(PACKAGE, RUN) == directory
-    assert run_files(fs) == {"checkpoint.json", "epoch", ".lock"}
-    assert (directory / "checkpoint.json").read_bytes() == encode(first)
+    assert run_files(fs) == generation_files(1) | {"epoch", ".lock"}
+    assert (directory / "snapshot-1.json").read_bytes() == encode(first)
+    assert (directory / "journal-1.log").read_bytes() == b""
     assert (directory / "epoch").read_text() == "1\n"
 
     fs.save(second)
-    assert run_files(fs) == {"checkpoint.json", "checkpoint.prev.json", "epoch", ".lock"}
-    assert (directory / "checkpoint.json").read_bytes() == encode(second)
-    assert (directory / "checkpoint.prev.json").read_bytes() == encode(first)
+    assert run_files(fs) == generation_files(1, 2) | {"epoch", ".lock"}
+    assert (directory / "snapshot-2.json").read_bytes() == encode(second)
+    assert (directory / "snapshot-1.json").read_bytes() == encode(first)
     assert (directory / "epoch").read_text() == "2\n"
 
     for seq in range(3, 8):
         fs.save(make(epoch=2, seq=seq))
-    assert run_files(fs) == {"checkpoint.json", "checkpoint.prev.json", "epoch", ".lock"}
-    assert decode((directory / "checkpoint.prev.json").read_bytes()).progress == {"transform": 6}
+    assert run_files(fs) == generation_files(6, 7) | {"epoch", ".lock"}
+    assert decode((directory / "snapshot-6.json").read_bytes()).progress == {"transform": 6}
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
 
 
@@ -522,7 +542,7 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_checkpoint(
 ) -> None:
     fs.save(make(epoch=1, seq=1))
     directory = fs.run_dir(PACKAGE, RUN)
-    before = (directory / "checkpoint.json").read_bytes()
+    before = (directory / "snapshot-1.json").read_bytes()
 
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
@@ -531,10 +551,10 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_checkpoint(
     with pytest.raises(OSError, match="No space left"):
         fs.save(make(epoch=1, seq=2))
     monkeypatch.undo()
-    assert run_files(fs) == {"checkpoint.json", "epoch", ".lock"}
-    assert (directory / "checkpoint.json").read_bytes() == before
+    assert run_files(fs) == generation_files(1) | {"epoch", ".lock"}
+    assert (directory / "snapshot-1.json").read_bytes() == before
     fs.save(make(epoch=1, seq=3))  # the store still works afterwards
-    assert run_files(fs) == {"checkpoint.json", "checkpoint.prev.json", "epoch", ".lock"}
+    assert run_files(fs) == generation_files(1, 2) | {"epoch", ".lock"}
 
 
 @pytest.mark.parametrize("text", ["", "two\n", "-1\n", "\u00b2\n", "\u0661\n", "1.5\n"])
@@ -575,25 +595,26 @@ def test_damaged_latest_falls_back_to_the_previous_generation(
 ) -> None:
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
-    latest = fs.run_dir(PACKAGE, RUN) / "checkpoint.json"
-    _damage(latest, how)
+    newest = latest(fs)
+    _damage(newest, how)
     loaded = fs.load(PACKAGE, RUN, definition_hash=HASH_V1)
     assert loaded is not None and loaded.progress == {"transform": 1}
     warnings = [r for r in fs_warnings.records if r.name == FS_LOGGER]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     message = warnings[0].getMessage()
-    assert str(latest) in message and reason in message
+    assert str(newest) in message and reason in message
     assert "using the previous generation" in message
 
 
 def test_missing_latest_with_a_previous_generation_falls_back(
     fs: FilesystemCheckpointStore, fs_warnings: pytest.LogCaptureFixture
 ) -> None:
-    # The state a crash between the two renames of a save leaves behind.
+    # The newest generation's snapshot gone (a bad copy, a hand), its journal still there.
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
-    (fs.run_dir(PACKAGE, RUN) / "checkpoint.json").unlink()
+    latest(fs).unlink()
+    assert run_files(fs) == generation_files(1, 2) - {"snapshot-2.json"} | {"epoch", ".lock"}
     loaded = fs.load(PACKAGE, RUN)
     assert loaded is not None and loaded.progress == {"transform": 1}
     assert "missing" in fs_warnings.text and "previous generation" in fs_warnings.text
@@ -613,14 +634,14 @@ def test_both_generations_damaged_is_corrupt(fs: FilesystemCheckpointStore, firs
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
     directory = fs.run_dir(PACKAGE, RUN)
-    _damage(directory / "checkpoint.json", first)
-    _damage(directory / "checkpoint.prev.json", second)
+    _damage(directory / "snapshot-2.json", first)
+    _damage(directory / "snapshot-1.json", second)
     with pytest.raises(CheckpointCorrupt) as caught:
         fs.load(PACKAGE, RUN)
     message = str(caught.value)
     assert "no readable checkpoint generation is left" in message
-    assert str(directory / "checkpoint.json") in message
-    assert str(directory / "checkpoint.prev.json") in message
+    assert str(directory / "snapshot-2.json") in message
+    assert str(directory / "snapshot-1.json") in message
     assert "there is no previous generation" not in message
 
 
@@ -629,7 +650,7 @@ def test_damaged_latest_without_previous_generation_is_corrupt(
     fs: FilesystemCheckpointStore, how: str
 ) -> None:
     fs.save(make(epoch=1, seq=1))
-    _damage(fs.run_dir(PACKAGE, RUN) / "checkpoint.json", how)
+    _damage(latest(fs), how)
     with pytest.raises(CheckpointCorrupt) as caught:
         fs.load(PACKAGE, RUN)
     message = str(caught.value)
@@ -640,7 +661,7 @@ def test_damaged_latest_without_previous_generation_is_corrupt(
 def test_fallback_still_checks_the_definition_hash(fs: FilesystemCheckpointStore) -> None:
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
-    _damage(fs.run_dir(PACKAGE, RUN) / "checkpoint.json", "flipped")
+    _damage(latest(fs), "flipped")
     with pytest.raises(CheckpointMismatch):
         fs.load(PACKAGE, RUN, definition_hash=HASH_V2)
 
@@ -650,7 +671,7 @@ def test_save_after_a_fallback_writes_a_readable_latest(
 ) -> None:
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
-    _damage(fs.run_dir(PACKAGE, RUN) / "checkpoint.json", "flipped")
+    _damage(latest(fs), "flipped")
     resumed = fs.load(PACKAGE, RUN)
     assert resumed is not None
     fs.save(make(epoch=2, seq=3))
@@ -666,9 +687,9 @@ def test_a_save_after_a_fallback_keeps_the_good_previous_generation(
     fs.save(make(epoch=1, seq=1))
     fs.save(make(epoch=1, seq=2))
     directory = fs.run_dir(PACKAGE, RUN)
-    _damage(directory / "checkpoint.json", "flipped")
-    fs.save(make(epoch=1, seq=3))  # must not rotate the damaged file into the previous slot
-    _damage(directory / "checkpoint.json", "truncated")
+    _damage(directory / "snapshot-2.json", "flipped")
+    fs.save(make(epoch=1, seq=3))  # must not push the good generation 1 out for the damaged 2
+    _damage(directory / "snapshot-3.json", "truncated")
     loaded = fs.load(PACKAGE, RUN)
     assert loaded is not None and loaded.progress == {"transform": 1}
 
@@ -680,6 +701,6 @@ def test_a_run_directory_copied_under_another_id_is_refused(
     source = fs.run_dir(PACKAGE, RUN)
     target = fs.run_dir(PACKAGE, "copied-run")
     target.mkdir(parents=True)
-    (target / "checkpoint.json").write_bytes((source / "checkpoint.json").read_bytes())
+    (target / "snapshot-1.json").write_bytes((source / "snapshot-1.json").read_bytes())
     with pytest.raises(CheckpointCorrupt, match="belongs to"):
         fs.load(PACKAGE, "copied-run")

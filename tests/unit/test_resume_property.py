@@ -35,7 +35,10 @@ def dags(draw: st.DrawFn) -> dict[str, Any]:
         if kind == "foreach":
             task["foreach"] = [f"i{n}" for n in range(draw(st.integers(1, 3)))]
         tasks.append(task)
-    return {"name": "prop", "tasks": tasks}
+    # One unit at a time: the simulated kill is an exception in one thread, which cannot stop
+    # units running in others, and "exactly once" holds only when nothing else was in flight.
+    # Parallel runs are checked in test_parallel_resume.py (units in flight may run again).
+    return {"name": "prop", "max_concurrency": 1, "tasks": tasks}
 
 
 JOURNAL: list[tuple[str, str, Any]] = []
