@@ -139,21 +139,22 @@ class TaskLogs:
         *,
         task: str | None = None,
         attempt: int | None = None,
-        after: int = 0,
+        after: int | None = None,
         limit: int | None = None,
-        notes: bool = True,
     ) -> list[LogLine]:
         """The run's lines in order (attempt, then as logged), the drop notes first.
 
         ``after``: only lines stored after that line id (new ones, for ``--follow``),
-        then in the order they were stored. ``limit``: the newest ``limit`` lines only.
+        in the order they were stored, without notes. ``limit``: the newest ``limit`` lines only.
         """
-        query = select(TaskLog).where(TaskLog.run_id == run_id, TaskLog.id > after)
+        query = select(TaskLog).where(TaskLog.run_id == run_id)
+        if after is not None:
+            query = query.where(TaskLog.id > after)
         if task is not None:
             query = query.where(TaskLog.task_id == task)
         if attempt is not None:
             query = query.where(TaskLog.attempt == attempt)
-        order: Sequence[Any] = (TaskLog.id,) if after else (TaskLog.attempt, TaskLog.seq)
+        order: Sequence[Any] = (TaskLog.id,) if after is not None else (TaskLog.attempt, TaskLog.seq)
         with self.sessions() as session:
             if limit is None:
                 rows = list(session.scalars(query.order_by(*order)))
@@ -161,7 +162,7 @@ class TaskLogs:
                 newest = [column.desc() for column in order]
                 rows = list(session.scalars(query.order_by(*newest).limit(limit)))[::-1]
             found = [_line(row) for row in rows]
-            if notes and not after:
+            if after is None:
                 found = self._notes(session, run_id, task) + found
         return found
 
