@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.control.projection import Projector
 from orchestrator.control.stream import EventStream
+from orchestrator.packages.validation import parse_package
 from orchestrator.runtime.services import Services
 from orchestrator.state.projection import Projections, write_records
 from orchestrator.state.records import Record
@@ -26,7 +27,10 @@ from orchestrator.state.repository import Repository
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.tasklogs import LOG, TaskLogs, log_detail
 from orchestrator.ui.stream import Feed
+from tests.integration.test_failover import FAST, finished, start, status
 from tests.integration.test_ui_api import TOKEN, settings_for
+from tests.support.cli import wait_until
+from tests.support.cluster import Cluster
 from tests.support.ui import attempt_reporter, etl_package, seed_recovery, ui_client
 from workers.reporter import AttemptReporter
 
@@ -183,3 +187,54 @@ def test_a_finished_run_s_lines_are_all_there_once_its_outcome_is(services: Serv
     )
     assert messages(repo, RUN)[-1] == "last words"
     assert len(messages(repo, RUN)) == 5
+
+
+# -- a real node SIGKILLed mid-task ---------------------------------------------------------------
+
+SECRET = "s3cr3t-in-the-log-line"
+
+
+@pytest.mark.timeout(180)
+def test_the_lines_of_a_task_on_a_node_sigkilled_mid_task_are_there_up_to_the_kill(cluster: Cluster) -> None:
+    """The task logs 40 lines (and a password, masked), then holds; its node is SIGKILLed.
+
+    Every line logged before the kill is in SQL (written by the scheduler from the
+    stream, not by the dead node); the run resumes on the other node, whose attempt
+    logs its own lines, kept apart.
+    """
+    cluster.overrides.update(FAST)
+    start(cluster, nodes=2)
+    hold = cluster.tmp / "release"
+    package = parse_package(
+        {
+            "name": "chatty",
+            "variables": {"password": {"type": "str", "sensitive": True, "default": SECRET}},
+            "tasks": [
+                {
+                    "id": "talk",
+                    "python": "tests.support.tasks:chatter",
+                    "params": {"lines": 40, "hold": str(hold)},
+                }
+            ],
+        }
+    )
+    run_id = cluster.client.submit(package)
+    logged = lambda: any(e["event"] == "logged" and e["epoch"] == 1 for e in cluster.entries())  # noqa: E731
+    wait_until(logged, timeout=60, what=f"the task to log its lines\n{cluster.tail()}")
+    victim = status(cluster, run_id)["node"]
+    cluster.kill(victim)
+
+    expected = [f"line {n} of talk" for n in range(1, 41)] + ["connecting with password ***"]
+    repo = cluster.services.repository
+    wait_until(
+        lambda: messages(repo, run_id, attempt=1) == expected,
+        timeout=30,
+        what=f"attempt 1's lines in SQL: {messages(repo, run_id, attempt=1)[-3:]}\n{cluster.tail()}",
+    )
+    hold.touch()
+    final = finished(cluster, run_id)
+    assert final["state"] == "succeeded" and final["attempt"] == 2, final
+    assert messages(repo, run_id, attempt=2) == expected
+    lines = TaskLogs(repo.sessions).lines(run_id)
+    assert {line.attempt for line in lines} == {1, 2} and all(SECRET not in line.message for line in lines)
+    assert victim not in {status(cluster, run_id)["node"]}
