@@ -229,13 +229,16 @@ class TaskLog(Base):
 
 
 class TaskLogTrim(Base):
-    """How many of a task's oldest log lines were dropped to keep it within the bound."""
+    """How many of a task's oldest log lines were dropped to keep it within the bound, and the
+    newest dropped one's place (``attempt``, ``seq``): a replayed line at or before it stays out."""
 
     __tablename__ = "task_log_trims"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     dropped: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
 
 
 class Projection(Base):

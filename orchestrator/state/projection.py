@@ -142,9 +142,10 @@ def write_records(
             written.add((record.run_id, record.source))
     if rows.events:
         session.execute(insert(Event), rows.events)
-    if rows.logs:
-        session.execute(insert(TaskLog), rows.logs)
-        tasklogs.trim(session, {(row["run_id"], row["task_id"]) for row in rows.logs}, log_lines)
+    logs = tasklogs.not_dropped(session, rows.logs) if rows.logs else []
+    if logs:
+        session.execute(insert(TaskLog), logs)
+        tasklogs.trim(session, {(row["run_id"], row["task_id"]) for row in logs}, log_lines)
     _apply_changes(session, changes)
     return new
 

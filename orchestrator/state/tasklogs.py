@@ -73,6 +73,26 @@ def written_sources(session: Session, run_ids: list[str], records: Iterable[Reco
     return {(run_id, source) for run_id, source in session.execute(query).all()}
 
 
+def not_dropped(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Those of the ``task_logs`` rows not older than their task's newest dropped line.
+
+    A line dropped by the bound and then written again (a batch replayed, the attempt's
+    outcome transaction) stays dropped: it was counted once.
+    """
+    run_ids = sorted({row["run_id"] for row in rows})
+    query = select(TaskLogTrim.run_id, TaskLogTrim.task_id, TaskLogTrim.attempt, TaskLogTrim.seq).where(
+        TaskLogTrim.run_id.in_(run_ids)
+    )
+    marks = {(run_id, task): (attempt, seq) for run_id, task, attempt, seq in session.execute(query)}
+    if not marks:
+        return rows
+    return [
+        row
+        for row in rows
+        if (row["attempt"], row["seq"]) > marks.get((row["run_id"], row["task_id"]), (0, 0))
+    ]
+
+
 def trim(session: Session, keys: Iterable[tuple[str, str]], limit: int = MAX_LINES) -> int:
     """Drop the oldest lines of each (run, task) in ``keys`` beyond ``limit``; return how many went.
 
@@ -84,19 +104,27 @@ def trim(session: Session, keys: Iterable[tuple[str, str]], limit: int = MAX_LIN
         excess = int(session.scalar(select(func.count()).select_from(TaskLog).where(*of_task)) or 0) - limit
         if excess <= 0:
             continue
-        oldest = session.scalars(
-            select(TaskLog.id).where(*of_task).order_by(TaskLog.attempt, TaskLog.seq).limit(excess)
+        found = session.execute(
+            select(TaskLog.id, TaskLog.attempt, TaskLog.seq)
+            .where(*of_task)
+            .order_by(TaskLog.attempt, TaskLog.seq)
+            .limit(excess)
         ).all()
+        oldest = [line_id for line_id, _, _ in found]
         for start in range(0, len(oldest), _DELETE_CHUNK):
             chunk = oldest[start : start + _DELETE_CHUNK]
             session.execute(
                 delete(TaskLog).where(TaskLog.id.in_(chunk)).execution_options(synchronize_session=False)
             )
+        _, attempt, seq = found[-1]
         row = session.get(TaskLogTrim, (run_id, task_id))
         if row is None:
-            session.add(TaskLogTrim(run_id=run_id, task_id=task_id, dropped=len(oldest)))
+            session.add(
+                TaskLogTrim(run_id=run_id, task_id=task_id, dropped=len(oldest), attempt=attempt, seq=seq)
+            )
         else:
             row.dropped += len(oldest)
+            row.attempt, row.seq = max((row.attempt, row.seq), (attempt, seq))
         dropped += len(oldest)
     return dropped
 

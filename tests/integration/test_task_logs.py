@@ -120,6 +120,10 @@ def test_each_task_keeps_its_newest_lines_and_says_how_many_were_dropped(service
     assert [line.attempt for line in lines[1:]] == [1, 1, 2, 2]
     assert messages(repo, RUN, task="report") == ["report 1"], "another task's lines and notes are its own"
 
+    with repo.sessions.begin() as session:  # a replay (the outcome transaction, say) of dropped lines
+        write_records(session, [log_record(RUN, 2, "prepare", "prepare 2")], log_lines=3)
+    assert TaskLogs(repo.sessions).lines(RUN) == lines, "a dropped line stays dropped, counted once"
+
 
 def seed_logs(repo: Repository, run_id: str) -> AttemptReporter:
     """Lines of both attempts of a recovered run (left running); the reporter of attempt 2."""

@@ -47,6 +47,8 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(length=128), nullable=False),
         sa.Column("task_id", sa.String(length=64), nullable=False),
         sa.Column("dropped", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("run_id", "task_id", name="pk_task_log_trims"),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.id"], name="fk_task_log_trims_run_id_runs", ondelete="CASCADE"
