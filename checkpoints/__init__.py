@@ -6,9 +6,11 @@ from checkpoints.errors import (
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointTooLarge,
+    CheckpointUnavailable,
     Fenced,
     InvalidIdentifier,
 )
+from checkpoints.factory import is_s3_url, open_store
 from checkpoints.filesystem import FilesystemCheckpointStore
 from checkpoints.format import FORMAT_VERSION, LEGACY_FORMAT_VERSION, Checkpoint, TaskRecord, decode, encode
 from checkpoints.ids import validate_package_name, validate_run_id
@@ -35,6 +37,8 @@ __all__ = [  # noqa: RUF022
     "CheckpointWriter",
     "FilesystemCheckpointStore",
     "InMemoryCheckpointStore",
+    "is_s3_url",
+    "open_store",
     "SecretBox",
     "needs_compaction",
     # errors
@@ -43,6 +47,7 @@ __all__ = [  # noqa: RUF022
     "CheckpointMismatch",
     "CheckpointNotFound",
     "CheckpointTooLarge",
+    "CheckpointUnavailable",
     "Fenced",
     "InvalidIdentifier",
     # identifiers
