@@ -16,6 +16,7 @@ from checkpoints.format import FORMAT_VERSION, LEGACY_FORMAT_VERSION, Checkpoint
 from checkpoints.ids import validate_package_name, validate_run_id
 from checkpoints.journal import Change, Record, apply, read_journal
 from checkpoints.memory import InMemoryCheckpointStore
+from checkpoints.s3config import S3Options
 from checkpoints.secrets import SecretBox
 from checkpoints.store import CheckpointStore, CheckpointWriter, needs_compaction
 
@@ -37,6 +38,7 @@ __all__ = [  # noqa: RUF022
     "CheckpointWriter",
     "FilesystemCheckpointStore",
     "InMemoryCheckpointStore",
+    "S3Options",
     "is_s3_url",
     "open_store",
     "SecretBox",

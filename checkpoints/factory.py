@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from checkpoints.filesystem import FilesystemCheckpointStore
 from checkpoints.memory import DEFAULT_MAX_BYTES
+from checkpoints.s3config import S3Options
 from checkpoints.store import CheckpointStore
-
-if TYPE_CHECKING:
-    from checkpoints.s3 import S3Options
 
 
 def is_s3_url(root: str | os.PathLike[str]) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import secrets
 import threading
@@ -38,7 +39,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 from botocore.config import Config
@@ -57,6 +57,7 @@ from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
 from checkpoints.journal import Change, encode_record
 from checkpoints.memory import DEFAULT_MAX_BYTES
+from checkpoints.s3config import S3Options, parse_url, shown_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ _LOST = {"PreconditionFailed", "412", "NoSuchKey", "404"}
 """A conditional write lost its race (AWS answers 404 for ``If-Match`` on a missing key)."""
 _CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
 """Two conditional writes of one key were in flight at once: try again."""
+DEFAULT_ATTEMPTS = 6
+"""Attempts of one request when neither the options nor ``AWS_MAX_ATTEMPTS`` say."""
 _RETRIES = 100
 """Rounds of one compare-and-swap before giving up (each lost round means another writer won)."""
 
@@ -143,42 +146,6 @@ def _conflict(exc: ClientError) -> bool:
     return _error_code(exc) in _CONFLICT or _status(exc) in _CONFLICT
 
 
-def parse_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` as ``(bucket, prefix)``, the prefix empty or ending in ``/``."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an S3 checkpoint root: {url!r} (expected s3://bucket/prefix)")
-    if parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError("an S3 checkpoint root is s3://bucket/prefix, without credentials or options")
-    prefix = parts.path.strip("/")
-    return parts.netloc, f"{prefix}/" if prefix else ""
-
-
-def shown_endpoint(endpoint_url: str | None) -> str:
-    """The endpoint for messages: without any user:password it might carry."""
-    if not endpoint_url:
-        return "the default AWS endpoint"
-    parts = urlsplit(endpoint_url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach the bucket; every ``None`` falls back to boto3's own chain (``AWS_*``, profiles)."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = field(default=None, repr=False)
-    profile: str | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 20.0
-    max_attempts: int = 6
-    """Attempts of one request on a network error, a throttle or a 5xx (botocore's standard backoff)."""
-
-
 class S3CheckpointStore:
     """:class:`~checkpoints.store.CheckpointStore` on a bucket of an S3-compatible server."""
 
@@ -199,13 +166,20 @@ class S3CheckpointStore:
             config=Config(
                 connect_timeout=self.options.connect_timeout,
                 read_timeout=self.options.read_timeout,
-                retries={"mode": "standard", "max_attempts": self.options.max_attempts},
+                retries={"mode": "standard", "max_attempts": self._attempts()},
                 s3={"addressing_style": "path" if self.options.endpoint_url else "auto"},
                 max_pool_connections=32,
             ),
         )
+        self.client.meta.events.register("before-sign.s3.PutObject", _no_expect_continue)
         self.endpoint = shown_endpoint(self.client.meta.endpoint_url)
         self._local = threading.local()
+
+    def _attempts(self) -> int:
+        if self.options.max_attempts is not None:
+            return self.options.max_attempts
+        configured = os.environ.get("AWS_MAX_ATTEMPTS", "")
+        return int(configured) if configured.isdigit() and int(configured) > 0 else DEFAULT_ATTEMPTS
 
     def __repr__(self) -> str:
         return f"S3CheckpointStore({self.url!r}, endpoint={self.endpoint!r})"
@@ -502,7 +476,12 @@ class S3CheckpointStore:
                     raise _Conflict from exc
                 if _lost(exc):
                     raise _Lost from exc
-            if "Key" in kwargs and (_error_code(exc) in {"NoSuchKey", "404"} or _status(exc) == "404"):
+            bucket_missing = _error_code(exc) == "NoSuchBucket"
+            if (
+                "Key" in kwargs
+                and not bucket_missing
+                and (_error_code(exc) == "NoSuchKey" or _status(exc) == "404")
+            ):
                 raise _Missing from exc
             raise self._unavailable(what, exc) from exc
         except BotoCoreError as exc:
@@ -644,6 +623,13 @@ class _Conflict(Exception):
 
 class _Missing(Exception):
     """404 on a read: no such object."""
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """Drop ``Expect: 100-continue``: checkpoint objects are small, and waiting for a server's
+    ``100 Continue`` (which some S3 servers never send under load) costs up to a second."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 def _backoff() -> None:

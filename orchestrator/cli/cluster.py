@@ -48,7 +48,9 @@ def scheduler() -> None:
     from orchestrator.control.service import serve_scheduler
 
     with exit_codes():
-        serve_scheduler(_services())
+        services = _services()
+        services.check_store()
+        serve_scheduler(services)
 
 
 @app.command()
@@ -63,7 +65,9 @@ def worker(
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     with exit_codes():
-        serve_worker(_services(), node or default_node_name(), concurrency, metrics_port)
+        services = _services()
+        services.check_store()
+        serve_worker(services, node or default_node_name(), concurrency, metrics_port)
 
 
 @app.command()

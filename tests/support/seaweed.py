@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints.s3 import S3CheckpointStore, S3Options
+from checkpoints.s3 import S3CheckpointStore
+from checkpoints.s3config import S3Options
 from tests.support.servers import Unavailable, free_port
 
 START_TIMEOUT = 60.0
