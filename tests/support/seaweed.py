@@ -87,6 +87,16 @@ class SeaweedServer:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
 
+    def settings_env(self) -> dict[str, str]:
+        """The orchestrator's own settings (``ORCHESTRATOR_S3_*``) that put a cluster on a fresh root."""
+        return {
+            "ORCHESTRATOR_CHECKPOINT_ROOT": self.root(),
+            "ORCHESTRATOR_S3_ENDPOINT_URL": self.endpoint,
+            "ORCHESTRATOR_S3_REGION": "us-east-1",
+            "ORCHESTRATOR_S3_ACCESS_KEY_ID": self.access_key,
+            "ORCHESTRATOR_S3_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
     def root(self) -> str:
         """A fresh ``s3://bucket/prefix`` nobody else uses."""
         return f"s3://{self.bucket}/t-{secrets.token_hex(6)}"
@@ -135,12 +145,9 @@ class SeaweedServer:
         if self.process is None:
             return
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            # weed takes seconds to honour SIGTERM; its data (the filer's log) survives a kill.
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
         self.process = None
 
     def restart(self) -> None:
