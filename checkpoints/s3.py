@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import secrets
 import threading
@@ -42,7 +41,14 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from checkpoints.errors import (
     CheckpointCorrupt,
@@ -67,8 +73,8 @@ _LOST = {"PreconditionFailed", "412", "NoSuchKey", "404"}
 """A conditional write lost its race (AWS answers 404 for ``If-Match`` on a missing key)."""
 _CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
 """Two conditional writes of one key were in flight at once: try again."""
-DEFAULT_ATTEMPTS = 6
-"""Attempts of one request when neither the options nor ``AWS_MAX_ATTEMPTS`` say."""
+_BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
+"""Answers that mean "busy, try again later" whatever their status."""
 _RETRIES = 100
 """Rounds of one compare-and-swap before giving up (each lost round means another writer won)."""
 
@@ -166,7 +172,7 @@ class S3CheckpointStore:
             config=Config(
                 connect_timeout=self.options.connect_timeout,
                 read_timeout=self.options.read_timeout,
-                retries={"mode": "standard", "max_attempts": self._attempts()},
+                retries=_retries(self.options.max_attempts),
                 s3={"addressing_style": "path" if self.options.endpoint_url else "auto"},
                 max_pool_connections=32,
             ),
@@ -174,12 +180,6 @@ class S3CheckpointStore:
         self.client.meta.events.register("before-sign.s3.PutObject", _no_expect_continue)
         self.endpoint = shown_endpoint(self.client.meta.endpoint_url)
         self._local = threading.local()
-
-    def _attempts(self) -> int:
-        if self.options.max_attempts is not None:
-            return self.options.max_attempts
-        configured = os.environ.get("AWS_MAX_ATTEMPTS", "")
-        return int(configured) if configured.isdigit() and int(configured) > 0 else DEFAULT_ATTEMPTS
 
     def __repr__(self) -> str:
         return f"S3CheckpointStore({self.url!r}, endpoint={self.endpoint!r})"
@@ -467,7 +467,25 @@ class S3CheckpointStore:
                 raise CheckpointError(f"s3://{self.bucket}: {len(errors)} object(s) not deleted ({shown})")
 
     def _call(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
-        """One request; a lost race, a conflict and a missing key become the exceptions above."""
+        """One request; a lost race, a conflict and a missing key become the exceptions above.
+
+        A server that cannot be reached or answers 5xx (restarting, overloaded) is tried again
+        with backoff until ``retry_timeout`` has passed since the first try; then, or at once
+        for any other error (credentials, no such bucket), :class:`CheckpointUnavailable`.
+        """
+        deadline = time.monotonic() + self.options.retry_timeout
+        pause = 0.1
+        while True:
+            try:
+                return self._request(what, method, **kwargs)
+            except _Transient as transient:
+                if time.monotonic() + pause > deadline:
+                    raise transient.error from transient.__cause__
+                log.warning("%s; retrying in %.1f s", transient.error, pause)
+                time.sleep(pause)  # backoff between tries of an unreachable store, bounded above
+                pause = min(pause * 2, 2.0)
+
+    def _request(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return method(**kwargs)
         except ClientError as exc:
@@ -483,7 +501,11 @@ class S3CheckpointStore:
                 and (_error_code(exc) == "NoSuchKey" or _status(exc) == "404")
             ):
                 raise _Missing from exc
+            if _status(exc).startswith("5") or _error_code(exc) in _BUSY:
+                raise _Transient(self._unavailable(what, exc)) from exc
             raise self._unavailable(what, exc) from exc
+        except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError) as exc:
+            raise _Transient(self._unavailable(what, exc)) from exc
         except BotoCoreError as exc:
             raise self._unavailable(what, exc) from exc
 
@@ -621,8 +643,21 @@ class _Conflict(Exception):
     """409: a concurrent conditional write of the same key; the request may be repeated."""
 
 
+class _Transient(Exception):
+    """The store could not be reached or was busy: the request may succeed if tried again."""
+
+    def __init__(self, error: CheckpointUnavailable) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Missing(Exception):
     """404 on a read: no such object."""
+
+
+def _retries(max_attempts: int | None) -> Any:
+    """botocore's standard retries; its attempts from ``AWS_MAX_ATTEMPTS`` (default 3) unless given."""
+    return {"mode": "standard", **({"max_attempts": max_attempts} if max_attempts else {})}
 
 
 def _no_expect_continue(request: Any, **_: Any) -> None:

@@ -41,5 +41,7 @@ class S3Options:
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
     max_attempts: int | None = None
-    """Attempts of one request on a network error, a throttle or a 5xx (botocore's standard backoff);
-    None: ``AWS_MAX_ATTEMPTS``, else 6."""
+    """botocore's attempts of one request (its standard backoff); None: ``AWS_MAX_ATTEMPTS``, else 3."""
+    retry_timeout: float = 20.0
+    """Seconds the store keeps trying an unreachable or 5xx-answering server before it gives up
+    (:class:`~checkpoints.errors.CheckpointUnavailable`); below ``ORCHESTRATOR_CHECKPOINT_TIMEOUT``."""

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         default=None, description="S3 secret key; unset: boto3's chain (AWS_SECRET_ACCESS_KEY, profile, role)"
     )
     s3_profile: str | None = Field(default=None, description="AWS profile for S3; unset: AWS_PROFILE")
+    s3_retry_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds an S3 checkpoint request is retried (with backoff) while the store is "
+        "unreachable or answers 5xx, before the operation fails",
+    )
     state_dir: Path = Field(default=Path(".orchestrator"), description="local files of the embedded cluster")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="seconds between heartbeats")
     lease_ttl: float = Field(default=5.0, gt=0, description="seconds a lease lives unrenewed")
@@ -108,6 +114,7 @@ class Settings(BaseSettings):
             access_key_id=self.s3_access_key_id,
             secret_access_key=secret.get_secret_value() if secret else None,
             profile=self.s3_profile,
+            retry_timeout=self.s3_retry_timeout,
         )
 
     @property

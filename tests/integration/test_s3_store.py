@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from checkpoints import Change, Checkpoint, CheckpointUnavailable, Fenced, S3Opt
 from checkpoints.s3 import Manifest, S3CheckpointStore
 from tests.support.cli import run_cli
 from tests.support.seaweed import SeaweedServer, objects
-from tests.support.servers import free_port
+from tests.support.servers import Unavailable, free_port
 
 PACKAGE, RUN = "etl-daily", "run-0001"
 HASH = hashlib.sha256(b"definition").hexdigest()
@@ -175,6 +177,7 @@ def test_an_unreachable_endpoint_is_a_clear_error_without_credentials() -> None:
         secret_access_key=secret,
         max_attempts=1,
         connect_timeout=1,
+        retry_timeout=0.5,
     )
     store = S3CheckpointStore("s3://no-such-bucket/prefix", options=options)
     with pytest.raises(CheckpointUnavailable) as caught:
@@ -210,6 +213,7 @@ def test_the_cli_exits_non_zero_naming_the_endpoint_and_bucket(
         "AWS_ACCESS_KEY_ID": "AKIATESTING",
         "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_MAX_ATTEMPTS": "1",
+        "ORCHESTRATOR_S3_RETRY_TIMEOUT": "1",
     }
     args = ["run", str(package)] if command == "run" else ["worker", "--node", "s3-check"]
     result = run_cli(*args, cwd=tmp_path, env=env, timeout=90)
@@ -217,3 +221,68 @@ def test_the_cli_exits_non_zero_naming_the_endpoint_and_bucket(
     assert result.returncode != 0, output
     assert "s3://unreachable-bucket/runs/" in output and endpoint in output, output
     assert secret not in output
+
+
+@pytest.fixture
+def own_seaweed(tmp_path: Path) -> Iterator[SeaweedServer]:
+    """A SeaweedFS of this test alone, which it may stop and start (the session's stays up)."""
+    try:
+        server = SeaweedServer(tmp_path)
+        server.start()
+    except Unavailable as exc:
+        pytest.skip(f"SeaweedFS S3 server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_save_waits_for_a_restarting_store_and_nothing_is_lost(own_seaweed: SeaweedServer) -> None:
+    store = own_seaweed.store(retry_timeout=60.0)
+    writer = store.open(make(epoch=1))
+    writer.append([Change(items={"load": {"eu": 1}})])
+    own_seaweed.stop()  # the object server goes away mid-run (SIGKILL)
+    outcome: list[object] = []
+
+    def save() -> None:
+        try:
+            outcome.append(writer.append([Change(items={"load": {"us": 2}})]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    saving = threading.Thread(target=save)
+    saving.start()
+    own_seaweed.start()  # back within the save's retry window: the save goes through
+    saving.join(timeout=90)
+    assert not saving.is_alive()
+    assert outcome and isinstance(outcome[0], int), outcome
+    writer.append([Change(items={"load": {"apac": 3}})])
+    loaded = store.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1, "us": 2, "apac": 3}}
+
+
+def test_a_store_down_too_long_fails_clearly_in_bounded_time_and_the_run_resumes(
+    own_seaweed: SeaweedServer,
+) -> None:
+    root = own_seaweed.root()
+    store = own_seaweed.store(root, retry_timeout=2.0)
+    writer = store.open(make(epoch=1))
+    writer.append([Change(items={"load": {"eu": 1}})])
+    own_seaweed.stop()
+    started = time.monotonic()
+    with pytest.raises(CheckpointUnavailable) as caught:
+        writer.append([Change(items={"load": {"us": 2}})])
+    assert time.monotonic() - started < 15  # 2 s of retries, plus botocore's own attempts
+    message = str(caught.value)
+    assert f"s3://{own_seaweed.bucket}/" in message and own_seaweed.endpoint in message
+    assert own_seaweed.secret_key not in message
+    own_seaweed.start()
+    # The next attempt (epoch 2) resumes from every save that was acknowledged.
+    resumed_store = own_seaweed.store(root)
+    assert resumed_store.fence(PACKAGE, RUN, 2) == 2
+    resumed = resumed_store.load(PACKAGE, RUN)
+    assert resumed is not None and resumed.items == {"load": {"eu": 1}}
+    resumed.epoch = 2
+    resumed_store.open(resumed).append([Change(items={"load": {"us": 2}})])
+    final = resumed_store.load(PACKAGE, RUN)
+    assert final is not None and final.items == {"load": {"eu": 1, "us": 2}}
