@@ -202,17 +202,24 @@ class S3CheckpointStore:
             if not manifest.generations:
                 return None
             missing: list[str] = []
-            checkpoint = read_generations(
-                self._generations(run, manifest, missing),
-                package=package,
-                run_id=run_id,
-                where=f"s3://{self.bucket}/{run}",
-                logger=log,
-            )
+            try:
+                checkpoint = read_generations(
+                    self._generations(run, manifest, missing),
+                    package=package,
+                    run_id=run_id,
+                    where=f"s3://{self.bucket}/{run}",
+                    logger=log,
+                )
+            except CheckpointCorrupt:
+                if not missing or self._manifest(run).etag == manifest.etag:
+                    raise
+                continue
             # A compaction removes old generations after its manifest was written: an object
             # that went missing under a manifest that changed since is a race, not damage.
             if not missing or self._manifest(run).etag == manifest.etag:
                 break
+        else:
+            raise self._contended(run)
         stale = checkpoint is not None and checkpoint.definition_hash != definition_hash
         if checkpoint is not None and definition_hash is not None and stale:
             raise CheckpointMismatch(package, checkpoint.definition_hash, definition_hash)

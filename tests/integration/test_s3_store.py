@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from checkpoints import Change, Checkpoint, CheckpointUnavailable, Fenced, S3Options
+from checkpoints import Change, Checkpoint, CheckpointUnavailable, Fenced, S3Options, apply
 from checkpoints.s3 import Manifest, S3CheckpointStore
 from tests.support.cli import run_cli
 from tests.support.seaweed import SeaweedServer, objects
@@ -137,6 +137,44 @@ def test_a_zombie_attempt_cannot_overwrite_the_new_attempts_checkpoint(seaweed: 
     assert loaded is not None and loaded.items == {"load": {"eu": 1, "us": 2}}
     writer.append([Change(items={"load": {"apac": 3}})])  # the new attempt carries on
     assert new_store.load(PACKAGE, RUN).items["load"] == {"eu": 1, "us": 2, "apac": 3}  # type: ignore[union-attr]
+
+
+def test_loads_racing_compactions_always_see_a_whole_recent_state(seaweed: SeaweedServer) -> None:
+    root = seaweed.root()
+    writer_store, reader_store = seaweed.store(root), seaweed.store(root)
+    state = make(epoch=1)
+    writer = writer_store.open(state)
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                loaded = reader_store.load(PACKAGE, RUN)
+                assert loaded is not None
+                items = loaded.items.get("load", {})
+                assert set(items) == {f"i{n:03d}" for n in range(len(items))}, "a gap in the state"
+                seen.append(len(items))
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n in range(60):
+            change = Change(items={"load": {f"i{n:03d}": n}})
+            writer.append([change])
+            apply(state, change)
+            if n % 4 == 3:  # compactions drop old generations under the reader's feet
+                writer.compact(state)
+    finally:
+        done.set()
+        reader.join(timeout=60)
+    assert not reader.is_alive() and errors == []
+    assert seen and seen == sorted(seen), "a load went back in time"
+    final = reader_store.load(PACKAGE, RUN)
+    assert final is not None and len(final.items["load"]) == 60
 
 
 def test_a_save_costs_the_size_of_the_change(seaweed: SeaweedServer) -> None:
