@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from checkpoints import Change, Checkpoint, CheckpointUnavailable, Fenced, S3Options, apply
-from checkpoints.s3 import Manifest, S3CheckpointStore
+from checkpoints import Change, Checkpoint, CheckpointCorrupt, CheckpointUnavailable, Fenced, S3Options, apply
+from checkpoints.s3 import Manifest, S3CheckpointStore, journal_key
 from tests.support.cli import run_cli
 from tests.support.seaweed import SeaweedServer, objects
 from tests.support.servers import Unavailable, free_port
@@ -175,6 +175,51 @@ def test_loads_racing_compactions_always_see_a_whole_recent_state(seaweed: Seawe
     assert seen and seen == sorted(seen), "a load went back in time"
     final = reader_store.load(PACKAGE, RUN)
     assert final is not None and len(final.items["load"]) == 60
+
+
+def _snapshot_keys(store: S3CheckpointStore) -> list[str]:
+    run = store.run_prefix(PACKAGE, RUN)
+    keys = [store.prefix + k for k in objects(store) if k.startswith(run[len(store.prefix) :] + "snapshot-")]
+    return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1].split("-")[1]))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "missing"])
+def test_a_damaged_newest_snapshot_falls_back_to_the_previous_generation(
+    seaweed: SeaweedServer, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = seaweed.store()
+    store.save(make(epoch=1, progress={"t": 1}))
+    writer = store.open(make(epoch=1, progress={"t": 2}))
+    writer.append([Change(items={"load": {"eu": 1}})])
+    older, newest = _snapshot_keys(store)
+    if damage == "missing":
+        store.client.delete_object(Bucket=store.bucket, Key=newest)
+    else:  # objects are immutable to the store, not to a hand or a faulty disk
+        data = bytearray(store.client.get_object(Bucket=store.bucket, Key=newest)["Body"].read())
+        data[len(data) // 2] ^= 0x04
+        store.client.put_object(Bucket=store.bucket, Key=newest, Body=bytes(data))
+    with caplog.at_level("WARNING", logger="checkpoints.s3"):
+        loaded = store.load(PACKAGE, RUN)
+    # The previous snapshot, with the newer generation's journal replayed on it (records are absolute).
+    assert loaded is not None and loaded.progress == {"t": 1} and loaded.items == {"load": {"eu": 1}}
+    assert "using the previous generation" in caplog.text and newest in caplog.text
+    store.client.delete_object(Bucket=store.bucket, Key=older)
+    with pytest.raises(CheckpointCorrupt, match="no readable checkpoint generation is left"):
+        store.load(PACKAGE, RUN)
+
+
+def test_a_batch_the_manifest_does_not_count_is_ignored(seaweed: SeaweedServer) -> None:
+    store = seaweed.store()
+    writer = store.open(make(epoch=1))
+    writer.append([Change(items={"load": {"eu": 1}})])
+    # What a writer killed between its two requests leaves: a batch nothing acknowledged.
+    manifest = store._manifest(store.run_prefix(PACKAGE, RUN))
+    generation = manifest.generations[-1]
+    orphan = journal_key(store.run_prefix(PACKAGE, RUN), generation, generation.batches + 1)
+    store.client.put_object(Bucket=store.bucket, Key=orphan, Body=b"not even a record\n")
+    loaded = store.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+    assert store.purge(PACKAGE, RUN) and objects(store) == {}
 
 
 def test_a_save_costs_the_size_of_the_change(seaweed: SeaweedServer) -> None:
