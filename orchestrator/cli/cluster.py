@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,13 @@ def _services() -> Services:
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+class DemoStore(StrEnum):
+    """Where ``orchestrator demo`` keeps its checkpoints."""
+
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
 
 
 @app.command()
@@ -277,10 +285,16 @@ def _clock(iso: str | None) -> str:
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's files for a look.")] = False,
+    store: Annotated[
+        DemoStore,
+        typer.Option(
+            "--store", help="Checkpoints in a directory, or in an embedded SeaweedFS bucket (the s3 extra)."
+        ),
+    ] = DemoStore.FILESYSTEM,
 ) -> None:
     """The showcase: a node dies mid-run and the package finishes on another node."""
     from orchestrator.cli.demo import run_demo
 
     with exit_codes():
-        report = run_demo(out, keep=keep)
+        report = run_demo(out, keep=keep, store=store.value)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 from checkpoints import Change, Checkpoint, CheckpointCorrupt, CheckpointUnavailable, Fenced, S3Options, apply
 from checkpoints.s3 import Manifest, S3CheckpointStore, journal_key
 from tests.support.cli import run_cli
-from tests.support.seaweed import SeaweedServer, objects
-from tests.support.servers import Unavailable, free_port
+from tests.support.seaweed import SeaweedServer, SeaweedUnavailable, objects
+from tests.support.servers import free_port
 
 PACKAGE, RUN = "etl-daily", "run-0001"
 HASH = hashlib.sha256(b"definition").hexdigest()
@@ -312,7 +312,7 @@ def own_seaweed(tmp_path: Path) -> Iterator[SeaweedServer]:
     try:
         server = SeaweedServer(tmp_path)
         server.start()
-    except Unavailable as exc:
+    except SeaweedUnavailable as exc:
         pytest.skip(f"SeaweedFS S3 server unavailable: {exc}")
     try:
         yield server
