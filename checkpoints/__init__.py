@@ -6,14 +6,17 @@ from checkpoints.errors import (
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointTooLarge,
+    CheckpointUnavailable,
     Fenced,
     InvalidIdentifier,
 )
+from checkpoints.factory import is_s3_url, open_store
 from checkpoints.filesystem import FilesystemCheckpointStore
 from checkpoints.format import FORMAT_VERSION, LEGACY_FORMAT_VERSION, Checkpoint, TaskRecord, decode, encode
 from checkpoints.ids import validate_package_name, validate_run_id
 from checkpoints.journal import Change, Record, apply, read_journal
 from checkpoints.memory import InMemoryCheckpointStore
+from checkpoints.s3config import S3Options
 from checkpoints.secrets import SecretBox
 from checkpoints.store import CheckpointStore, CheckpointWriter, needs_compaction
 
@@ -35,6 +38,9 @@ __all__ = [  # noqa: RUF022
     "CheckpointWriter",
     "FilesystemCheckpointStore",
     "InMemoryCheckpointStore",
+    "S3Options",
+    "is_s3_url",
+    "open_store",
     "SecretBox",
     "needs_compaction",
     # errors
@@ -43,6 +49,7 @@ __all__ = [  # noqa: RUF022
     "CheckpointMismatch",
     "CheckpointNotFound",
     "CheckpointTooLarge",
+    "CheckpointUnavailable",
     "Fenced",
     "InvalidIdentifier",
     # identifiers

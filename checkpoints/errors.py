@@ -52,3 +52,7 @@ class Fenced(CheckpointError):
 
 class CheckpointTooLarge(CheckpointError):
     """A checkpoint body exceeds the configured size limit."""
+
+
+class CheckpointUnavailable(CheckpointError):
+    """The store cannot be reached or refuses the request (network, credentials, bucket)."""

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,13 +45,22 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, default=str) + "\n")
 
 
+class DemoStore(StrEnum):
+    """Where ``orchestrator demo`` keeps its checkpoints."""
+
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
+
+
 @app.command()
 def scheduler() -> None:
     """Run a scheduler (several may run at once)."""
     from orchestrator.control.service import serve_scheduler
 
     with exit_codes():
-        serve_scheduler(_services())
+        services = _services()
+        services.check_store()
+        serve_scheduler(services)
 
 
 @app.command()
@@ -65,7 +75,9 @@ def worker(
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     with exit_codes():
-        serve_worker(_services(), node or default_node_name(), concurrency, metrics_port)
+        services = _services()
+        services.check_store()
+        serve_worker(services, node or default_node_name(), concurrency, metrics_port)
 
 
 @app.command()
@@ -331,10 +343,16 @@ def _clock(iso: str | None) -> str:
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's files for a look.")] = False,
+    store: Annotated[
+        DemoStore,
+        typer.Option(
+            "--store", help="Checkpoints in a directory, or in an embedded SeaweedFS bucket (the s3 extra)."
+        ),
+    ] = DemoStore.FILESYSTEM,
 ) -> None:
     """The showcase: a node dies mid-run and the package finishes on another node."""
     from orchestrator.cli.demo import run_demo
 
     with exit_codes():
-        report = run_demo(out, keep=keep)
+        report = run_demo(out, keep=keep, store=store.value)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from orchestrator.cli.embedded import find_server_binary
 from orchestrator.cli.localcluster import LocalCluster
+from orchestrator.cli.seaweed import EmbeddedSeaweed, weed_binary
 from orchestrator.control.client import Client
 from orchestrator.errors import OrchestratorError, RunNotFound
 from orchestrator.packages.validation import load_package
@@ -79,16 +80,26 @@ class DemoReport:
 class Demo:
     """Drives the scenario; :meth:`run` returns the report."""
 
-    def __init__(self, console: Console, workdir: Path, broker_url: str | None = None) -> None:
+    def __init__(
+        self,
+        console: Console,
+        workdir: Path,
+        broker_url: str | None = None,
+        object_store: EmbeddedSeaweed | None = None,
+    ) -> None:
         self.console = console
         self.workdir = workdir
-        self.settings = Settings(
-            broker_url=broker_url,
-            database_url=f"sqlite:///{workdir / 'state.db'}",
-            checkpoint_root=workdir / "checkpoints",
-            state_dir=workdir / "state",
-            metrics_port=0,
-        )
+        self.object_store = object_store
+        s3 = object_store.settings_env(f"s3://{object_store.bucket}/demo") if object_store else {}
+        values: dict[str, Any] = {
+            "broker_url": broker_url,
+            "database_url": f"sqlite:///{workdir / 'state.db'}",
+            "checkpoint_root": workdir / "checkpoints",
+            "state_dir": workdir / "state",
+            "metrics_port": 0,
+            **{key.removeprefix("ORCHESTRATOR_").lower(): value for key, value in s3.items()},
+        }
+        self.settings = Settings(**values)
         self.cluster = LocalCluster(
             self.settings,
             workers=NODES,
@@ -98,6 +109,7 @@ class Demo:
                 "ORCHESTRATOR_CHECKPOINT_ROOT": str(self.settings.checkpoint_root),
                 "ORCHESTRATOR_STATE_DIR": str(self.settings.state_dir),
                 "ORCHESTRATOR_METRICS_PORT": "0",
+                **s3,
             },
             log_dir=workdir / "logs",
             ui_port=DEFAULT_PORT,
@@ -109,6 +121,12 @@ class Demo:
         self.console.print(
             f"[bold]starting a local cluster[/]: embedded broker, a scheduler, {NODES} worker nodes"
         )
+        if self.object_store is not None:
+            self.console.print(
+                f"checkpoints in [bold]{self.settings.checkpoint_root}[/] on an embedded SeaweedFS "
+                f"at {self.object_store.endpoint} (fenced with If-Match / If-None-Match)",
+                soft_wrap=True,
+            )
         self.cluster.start()
         try:
             services = Services(self.settings, broker_url=self.cluster.broker_url)
@@ -288,7 +306,7 @@ def print_summary(console: Console, report: DemoReport) -> None:
         console.print(f"[bold red]demo failed[/]: {escape(report.error or 'see the summary above')}")
 
 
-def run_demo(console: Console, *, keep: bool = False) -> DemoReport:
+def run_demo(console: Console, *, keep: bool = False, store: str = "filesystem") -> DemoReport:
     """Run the demo in a fresh temporary directory (kept with ``keep`` for inspection).
 
     With ``ORCHESTRATOR_BROKER_URL`` set, the cluster uses that broker; otherwise an
@@ -299,11 +317,21 @@ def run_demo(console: Console, *, keep: bool = False) -> DemoReport:
     broker_url = given.get_secret_value() if given is not None else None
     if broker_url is None:
         find_server_binary()
+    object_store = None
+    if store == "s3":
+        weed_binary()  # before anything is started: without the binary, a clear error
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
     try:
-        report = Demo(console, workdir, broker_url).run()
+        if store == "s3":
+            (workdir / "s3").mkdir()
+            object_store = EmbeddedSeaweed(workdir / "s3")
+            object_store.start()
+        report = Demo(console, workdir, broker_url, object_store).run()
     except OrchestratorError as exc:
         report = DemoReport(error=str(exc))
+    finally:
+        if object_store is not None:
+            object_store.stop()
     print_summary(console, report)
     if keep:
         console.print(f"files kept in {workdir}")

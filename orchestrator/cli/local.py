@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from checkpoints import FilesystemCheckpointStore, validate_run_id
+from checkpoints import is_s3_url, open_store, validate_run_id
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.console import ProgressDisplay, print_result
 from orchestrator.packages.kinds import CheckpointUsage
@@ -55,8 +55,11 @@ def run(
     file: Annotated[Path, typer.Argument(help="Package file (YAML or JSON).")],
     var: VarOption = None,
     checkpoint_dir: Annotated[
-        Path | None,
-        typer.Option("--checkpoint-dir", help="Checkpoint root [default: ORCHESTRATOR_CHECKPOINT_ROOT]."),
+        str | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="A directory or s3://bucket/prefix [default: ORCHESTRATOR_CHECKPOINT_ROOT].",
+        ),
     ] = None,
     restart: Annotated[
         CheckpointUsage | None,
@@ -74,7 +77,8 @@ def run(
         package = load_package(file)
         validate_run_id(run_id)
         variables = parse_assignments(var or [])
-        store = FilesystemCheckpointStore(checkpoint_dir or settings.checkpoint_root)
+        root = checkpoint_dir or settings.checkpoint_root
+        store = open_store(root, s3=settings.s3_options() if is_s3_url(root) else None)
         saving = package.checkpoint.save
         # Each local run is a new attempt: a newer epoch fences an older process still running.
         epoch = store.next_epoch(package.name, run_id) if saving else store.epoch(package.name, run_id) + 1

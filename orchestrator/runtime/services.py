@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 from redis import Redis
 
-from checkpoints import FilesystemCheckpointStore
+from checkpoints import CheckpointStore, is_s3_url, open_store
 from orchestrator.control.connections import NodeConnections
 from orchestrator.control.liveness import Liveness
 from orchestrator.control.stream import EventStream
@@ -133,5 +133,18 @@ class Services:
         return self._get("app", lambda: create_app(self.broker_url))
 
     @property
-    def store(self) -> FilesystemCheckpointStore:
-        return self._get("store", lambda: FilesystemCheckpointStore(self.settings.checkpoint_root))
+    def store(self) -> CheckpointStore:
+        return self._get("store", self._store)
+
+    def _store(self) -> CheckpointStore:
+        root = self.settings.checkpoint_root
+        return open_store(root, s3=self.settings.s3_options() if is_s3_url(root) else None)
+
+    def check_store(self) -> None:
+        """Fail at start, clearly, when the checkpoint bucket cannot be reached (an S3 root)."""
+        if is_s3_url(self.settings.checkpoint_root):
+            from checkpoints.s3 import S3CheckpointStore
+
+            store = self.store
+            if isinstance(store, S3CheckpointStore):
+                store.check()

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from checkpoints import S3Options
 
 
 class Settings(BaseSettings):
@@ -27,8 +30,26 @@ class Settings(BaseSettings):
         default=SecretStr("sqlite:///.orchestrator/state.db"),
         description="SQLAlchemy URL of the run state",
     )
-    checkpoint_root: Path = Field(
-        default=Path(".orchestrator/checkpoints"), description="shared checkpoint directory"
+    checkpoint_root: str = Field(
+        default=".orchestrator/checkpoints",
+        description="shared checkpoint directory, or s3://bucket/prefix for S3-compatible object storage",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, SeaweedFS, Ceph...); unset: AWS_ENDPOINT_URL or AWS"
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; unset: AWS_REGION or the profile's")
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; unset: boto3's chain (AWS_ACCESS_KEY_ID, profile, role)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key; unset: boto3's chain (AWS_SECRET_ACCESS_KEY, profile, role)"
+    )
+    s3_profile: str | None = Field(default=None, description="AWS profile for S3; unset: AWS_PROFILE")
+    s3_retry_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds an S3 checkpoint request is retried (with backoff) while the store is "
+        "unreachable or answers 5xx, before the operation fails",
     )
     state_dir: Path = Field(default=Path(".orchestrator"), description="local files of the embedded cluster")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="seconds between heartbeats")
@@ -77,6 +98,24 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(default=False, description="structured JSON log lines")
     log_level: str = Field(default="INFO", description="logging level")
+
+    @field_validator("checkpoint_root", mode="before")
+    @classmethod
+    def _root_as_text(cls, value: Any) -> Any:
+        """A path object is accepted too; a root is text because ``s3://`` must keep its ``//``."""
+        return str(value) if isinstance(value, Path) else value
+
+    def s3_options(self) -> S3Options:
+        """How the S3 checkpoint store reaches its bucket (every unset part: boto3's AWS chain)."""
+        secret = self.s3_secret_access_key
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            profile=self.s3_profile,
+            retry_timeout=self.s3_retry_timeout,
+        )
 
     @property
     def task_module_roots(self) -> tuple[str, ...]:

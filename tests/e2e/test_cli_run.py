@@ -15,6 +15,7 @@ import pytest
 from checkpoints import FilesystemCheckpointStore
 from tests.support import tasks as T
 from tests.support.cli import ROOT, run_cli, start_cli, wait_until, write_package
+from tests.support.seaweed import SeaweedServer
 
 EXAMPLE = ROOT / "examples" / "orders_nightly.yaml"
 
@@ -71,6 +72,37 @@ def test_sigkilled_run_resumes_without_repeating_finished_tasks(tmp_path: Path, 
         assert done == list(range(10)), "units before the kill were not redone"
     run_dir = tmp_path / ".orchestrator/checkpoints/chain/local"
     assert {p.name for p in run_dir.iterdir()} == {"epoch", ".lock"}, "the checkpoint is deleted"
+
+
+def test_sigkilled_run_resumes_from_its_s3_checkpoint(tmp_path: Path, seaweed: SeaweedServer) -> None:
+    """``orchestrator run --checkpoint-dir s3://...`` SIGKILLed mid-run resumes from the bucket."""
+    log, hold = tmp_path / "log.jsonl", tmp_path / "release"
+    package = write_package(tmp_path / "chain.yaml", chain(log, hold, units=True))
+    root = seaweed.root()
+    env = seaweed.env()
+    process = start_cli("run", str(package), "--checkpoint-dir", root, cwd=tmp_path, env=env)
+    try:
+        wait_until(lambda: holding(log, "t3"), timeout=60, what="t3 to start holding")
+        saved = seaweed.store(root).load("chain", "local")
+        assert saved is not None and set(saved.tasks) == {"t1", "t2"}
+        os.killpg(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    hold.touch()
+    second = run_cli("run", str(package), "--json", "--checkpoint-dir", root, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert seaweed.secret_key not in second.stdout + second.stderr
+    result = json.loads(second.stdout)
+    assert result["state"] == "succeeded" and result["skipped"] == ["t1", "t2"]
+    entries = T.read_log(log)
+    assert [T.count(entries, "start", f"t{n}") for n in range(1, 6)] == [1, 1, 2, 1, 1]
+    assert [e["unit"] for e in entries if e["event"] == "unit"] == list(range(10))
+    store = seaweed.store(root)
+    assert store.load("chain", "local") is None and store.epoch("chain", "local") == 2
+    assert not (tmp_path / ".orchestrator/checkpoints").exists(), "nothing went to the local directory"
 
 
 def test_sigterm_cancels_keeps_the_checkpoint_and_resumes(tmp_path: Path) -> None:

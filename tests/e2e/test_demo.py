@@ -29,3 +29,17 @@ def test_demo_survives_the_loss_of_its_node(tmp_path: Path) -> None:
         r"^watch it in the web UI: http://127\.0\.0\.1:\d+/runs/orders_nightly-", out, re.MULTILINE
     )
     assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"
+
+
+@pytest.mark.timeout(180)
+def test_demo_on_an_embedded_s3_store(tmp_path: Path) -> None:
+    env = {"ORCHESTRATOR_BROKER_URL": "", "ORCHESTRATOR_DATABASE_URL": ""}
+    result = run_cli("demo", "--store", "s3", cwd=tmp_path, env=env, timeout=170)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(
+        r"checkpoints in s3://[\w-]+/demo on an embedded SeaweedFS at http://127\.0\.0\.1:\d+", out
+    ), out
+    assert "rows loaded once        │ 6000 of 6000" in out
+    assert "finished work repeated  │ none" in out
+    assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"

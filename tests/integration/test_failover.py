@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from checkpoints.s3 import S3CheckpointStore
 from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
 from orchestrator.state.states import RunState
@@ -54,6 +55,14 @@ def ten_tasks(hold: Path, *, max_restarts: int = 5, name: str = "ten", pad: int 
     return parse_package({"name": name, "max_restarts": max_restarts, "tasks": tasks})
 
 
+@pytest.fixture(params=["filesystem", "s3"])
+def store_kind(request: pytest.FixtureRequest, cluster: Cluster) -> str:
+    """Run the test once with checkpoints in a directory and once in a bucket of a real SeaweedFS."""
+    if request.param == "s3":
+        cluster.overrides.update(request.getfixturevalue("seaweed").settings_env())
+    return str(request.param)
+
+
 def holding(cluster: Cluster, epoch: int) -> bool:
     return any(
         e["event"] == "holding" and e["task"] == "t6" and e["epoch"] == epoch for e in cluster.entries()
@@ -93,12 +102,15 @@ def event_kinds(cluster: Cluster, run_id: str) -> list[str]:
     return [e.kind for e in cluster.services.repository.events(run_id)]
 
 
-def test_killed_node_run_resumes_on_another_node(cluster: Cluster) -> None:
+def test_killed_node_run_resumes_on_another_node(cluster: Cluster, store_kind: str) -> None:
     """The acceptance scenario at default settings (lease 5 s): kill-to-resumed under 10 s."""
     start(cluster)
     hold = cluster.tmp / "release"
     run_id = cluster.client.submit(ten_tasks(hold))
     wait_until(lambda: holding(cluster, 1), timeout=60, what=f"t6 to hold\n{cluster.tail()}")
+    saved = cluster.services.store.load("ten", run_id)
+    assert saved is not None and len(saved.tasks) == 5, "the checkpoint is in the configured store"
+    assert (store_kind == "s3") == isinstance(cluster.services.store, S3CheckpointStore)
     victim = status(cluster, run_id)["node"]
     killed_at = time.time()
     cluster.kill(victim)
@@ -132,7 +144,7 @@ def test_killed_node_run_resumes_on_another_node(cluster: Cluster) -> None:
     )
 
 
-def test_stopped_node_is_fenced_and_cannot_write_after_it_wakes(cluster: Cluster) -> None:
+def test_stopped_node_is_fenced_and_cannot_write_after_it_wakes(cluster: Cluster, store_kind: str) -> None:
     cluster.overrides.update(FAST)
     start(cluster)
     hold = cluster.tmp / "release"
@@ -208,7 +220,7 @@ def test_redis_losing_its_data_mid_run_is_rebuilt_from_sql(cluster: Cluster) -> 
     assert T.count(cluster.entries(), "start", "t1") == 1
 
 
-def test_two_schedulers_resubmit_a_lost_run_exactly_once(cluster: Cluster) -> None:
+def test_two_schedulers_resubmit_a_lost_run_exactly_once(cluster: Cluster, store_kind: str) -> None:
     cluster.overrides.update(FAST)
     start(cluster, nodes=2, schedulers=2)
     hold = cluster.tmp / "release"

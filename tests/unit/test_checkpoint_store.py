@@ -32,6 +32,8 @@ from checkpoints import (
     validate_package_name,
     validate_run_id,
 )
+from checkpoints.s3 import S3CheckpointStore
+from tests.support.seaweed import objects
 
 PACKAGE = "etl-daily"
 RUN = "run-0001"
@@ -59,7 +61,7 @@ def make(epoch: int = 1, seq: int = 0, **fields: object) -> Checkpoint:
 class Backend:
     """A store under test plus a way to see exactly what it holds."""
 
-    store: InMemoryCheckpointStore | FilesystemCheckpointStore
+    store: InMemoryCheckpointStore | FilesystemCheckpointStore | S3CheckpointStore
     snapshot: Callable[[], object]
 
 
@@ -78,17 +80,20 @@ def _memory_snapshot(store: InMemoryCheckpointStore) -> Callable[[], object]:
     return snapshot
 
 
-@pytest.fixture(params=["memory", "filesystem"])
+@pytest.fixture(params=["memory", "filesystem", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "memory":
         memory = InMemoryCheckpointStore()
         return Backend(memory, _memory_snapshot(memory))
+    if request.param == "s3":
+        s3 = request.getfixturevalue("seaweed").store()
+        return Backend(s3, lambda: objects(s3))
     root = tmp_path / "checkpoints"
     return Backend(FilesystemCheckpointStore(root), _fs_snapshot(root))
 
 
 @pytest.fixture
-def store(backend: Backend) -> InMemoryCheckpointStore | FilesystemCheckpointStore:
+def store(backend: Backend) -> InMemoryCheckpointStore | FilesystemCheckpointStore | S3CheckpointStore:
     return backend.store
 
 

@@ -28,6 +28,8 @@ from checkpoints import (
     needs_compaction,
 )
 from checkpoints.format import canonical_json
+from checkpoints.s3 import S3CheckpointStore
+from tests.support.seaweed import objects
 
 PACKAGE, RUN = "etl-daily", "run-0001"
 HASH = hashlib.sha256(b"definition").hexdigest()
@@ -39,10 +41,13 @@ def make(epoch: int = 1, **fields: object) -> Checkpoint:
     )
 
 
-@pytest.fixture(params=["memory", "filesystem"])
+@pytest.fixture(params=["memory", "filesystem", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     if request.param == "memory":
         return InMemoryCheckpointStore()
+    if request.param == "s3":
+        s3: S3CheckpointStore = request.getfixturevalue("seaweed").store()
+        return s3
     return FilesystemCheckpointStore(tmp_path / "checkpoints")
 
 
@@ -51,6 +56,8 @@ def snapshot_of(store: CheckpointStore) -> Callable[[], object]:
     if isinstance(store, FilesystemCheckpointStore):
         directory = store.run_dir(PACKAGE, RUN)
         return lambda: {p.name: p.read_bytes() for p in directory.iterdir()}
+    if isinstance(store, S3CheckpointStore):
+        return lambda: objects(store)
     return lambda: (store.load(PACKAGE, RUN), store.epoch(PACKAGE, RUN))
 
 

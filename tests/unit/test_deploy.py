@@ -1207,3 +1207,78 @@ def test_the_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
     )
     result = promtool("test", "rules", tmp_path / "tests.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the S3 checkpoint store variants -----------------------------------------------------------
+
+K8S_S3 = "deploy/kubernetes-s3"
+
+
+def test_the_s3_compose_file_points_every_process_at_its_bucket() -> None:
+    base = load(ROOT, "docker-compose.yml")
+    override = load(ROOT, "docker-compose.s3.yml")
+    store = override["services"]["seaweedfs"]
+    command = interpolate(" ".join(store["command"]))
+    bucket = re.search(r"-bucket=(\S+)", command)
+    port = re.search(r"-s3\.port=(\d+)", command)
+    assert bucket and port, command
+    known = settings_fields()
+    processes = orchestrator_services(base)
+    assert set(override["services"]) == set(processes) | {"seaweedfs"}
+    for name in processes:
+        env = {k: interpolate(v) for k, v in environment(override["services"][name]).items()}
+        assert set(env) <= known, f"{name}: {set(env) - known} are not settings"
+        root = urllib.parse.urlsplit(env["ORCHESTRATOR_CHECKPOINT_ROOT"])
+        assert (root.scheme, root.netloc) == ("s3", bucket.group(1)), name
+        endpoint = urllib.parse.urlsplit(env["ORCHESTRATOR_S3_ENDPOINT_URL"])
+        assert (endpoint.hostname, endpoint.port) == ("seaweedfs", int(port.group(1))), name
+        assert override["services"][name]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+        # The keys the orchestrator signs with are the identity the store is started with.
+        store_env = {k: interpolate(v) for k, v in environment(store).items()}
+        assert env["ORCHESTRATOR_S3_ACCESS_KEY_ID"] == store_env["S3_ACCESS_KEY_ID"]
+        assert env["ORCHESTRATOR_S3_SECRET_ACCESS_KEY"] == store_env["S3_SECRET_ACCESS_KEY"]
+    text = (ROOT / "docker-compose.s3.yml").read_text()
+    defaults = re.findall(r"\$\{(\w*(?:PASSWORD|KEY|SECRET)\w*):-([^}]*)\}", text)
+    assert defaults and all(value.startswith("dev-only-") for _, value in defaults)
+    assert "9333" in str(store["healthcheck"]["test"])  # weed mini's master answers there
+
+
+def _s3_overlay() -> list[dict[str, Any]]:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / K8S_S3)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")
+def test_the_s3_kubernetes_overlay_needs_no_read_write_many_volume() -> None:
+    built = _s3_overlay()
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in built}
+    base = {(doc["kind"], doc["metadata"]["name"]) for doc in k8s_docs(ROOT)}
+    assert kinds == base - {("PersistentVolumeClaim", "orchestrator-checkpoints")} | {
+        ("Secret", "orchestrator-s3")
+    }
+    settings = next(
+        d["data"]
+        for d in built
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "orchestrator-settings"
+    )
+    assert settings["ORCHESTRATOR_CHECKPOINT_ROOT"].startswith("s3://")
+    secret = next(d for d in built if d["kind"] == "Secret" and d["metadata"]["name"] == "orchestrator-s3")
+    known = settings_fields()
+    assert set(settings) | set(secret["stringData"]) <= known
+    assert all(value.startswith("REPLACE_ME") for value in secret["stringData"].values())
+    for doc in (d for d in built if d["kind"] == "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        ]
+        assert "orchestrator-checkpoints" not in claims, doc["metadata"]["name"]
+        container = pod["containers"][0]
+        mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+        assert "/var/lib/orchestrator/checkpoints" not in mounts
+        sources = [next(iter(s.values()))["name"] for s in container["envFrom"]]
+        assert sources == ["orchestrator-settings", "orchestrator-secrets", "orchestrator-s3"]
+        volumes = {v["name"] for v in pod["volumes"]}
+        assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes

@@ -1,0 +1,679 @@
+"""A checkpoint store on S3-compatible object storage, fenced with conditional writes.
+
+Layout of one run, under ``s3://<bucket>/<prefix><package>/<run_id>/`` (``docs/s3.md``)::
+
+    manifest                       the fence epoch and the current generations (JSON)
+    snapshot-<g>-<token>.json      the snapshot of generation g
+    journal-<g>-<token>-<n>.log    the n-th batch of records appended to generation g
+
+Nothing is overwritten blindly. A snapshot and a journal batch are new objects
+created with ``If-None-Match: *``; their names carry a random token drawn when
+the generation begins, so no two writers ever create the same name. The
+manifest is the only object that changes, and only with ``If-Match: <ETag>``
+(compare-and-swap): it names the generations that count and how many journal
+batches each holds, so a batch is acknowledged when the manifest that counts
+it is written. A writer whose epoch is below the manifest's is refused
+(:class:`~checkpoints.errors.Fenced`); a fence, a newer writer or a delete
+changes the manifest, so a stale writer's next compare-and-swap fails on the
+ETag and the re-read manifest tells it why.
+
+A lost race answers 412 (or 404 from AWS for ``If-Match`` on a missing key):
+the operation re-reads the manifest and decides again. A 409 (AWS's answer to
+two conditional writes of one key in flight at once) is retried. Transient
+network errors are retried by botocore with backoff (a bounded number of
+times); what is left becomes :class:`~checkpoints.errors.CheckpointUnavailable`
+naming the endpoint and the bucket, never the credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from checkpoints.errors import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointMismatch,
+    CheckpointTooLarge,
+    CheckpointUnavailable,
+    Fenced,
+)
+from checkpoints.format import Checkpoint, encode, verify
+from checkpoints.generations import Generation, read_generations
+from checkpoints.ids import validate_package_name, validate_run_id
+from checkpoints.journal import Change, encode_record
+from checkpoints.memory import DEFAULT_MAX_BYTES
+from checkpoints.s3config import S3Options, parse_url, shown_endpoint
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest"
+MANIFEST_FORMAT = 1
+_LOST = {"PreconditionFailed", "412", "NoSuchKey", "404"}
+"""A conditional write lost its race (AWS answers 404 for ``If-Match`` on a missing key)."""
+_CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
+"""Two conditional writes of one key were in flight at once: try again."""
+_BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
+"""Answers that mean "busy, try again later" whatever their status."""
+_RETRIES = 100
+"""Rounds of one compare-and-swap before giving up (each lost round means another writer won)."""
+
+
+@dataclass(frozen=True)
+class _Generation:
+    number: int
+    token: str
+    batches: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the run's manifest object says; ``etag`` is None when there is none yet."""
+
+    epoch: int = 0
+    version: int = 0
+    generations: tuple[_Generation, ...] = ()
+    etag: str | None = None
+    nonce: str = field(default="", compare=False)
+
+    def encoded(self) -> bytes:
+        body = {
+            "format": MANIFEST_FORMAT,
+            "epoch": self.epoch,
+            "version": self.version,
+            "generations": [[g.number, g.token, g.batches] for g in self.generations],
+            "nonce": self.nonce,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def next(self, **changes: Any) -> Manifest:
+        """The manifest that replaces this one (a new version and nonce, so a new ETag)."""
+        return replace(self, version=self.version + 1, nonce=secrets.token_hex(8), etag=None, **changes)
+
+    @staticmethod
+    def decode(data: bytes, etag: str, where: str) -> Manifest:
+        try:
+            body = json.loads(data)
+            if body["format"] != MANIFEST_FORMAT:
+                raise ValueError(f"unknown manifest format {body['format']!r}")
+            generations = tuple(_Generation(int(n), str(t), int(b)) for n, t, b in body["generations"])
+            return Manifest(int(body["epoch"]), int(body["version"]), generations, etag, str(body["nonce"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointCorrupt(f"{where}: not a checkpoint manifest ({exc})") from exc
+
+
+def snapshot_key(run: str, generation: _Generation) -> str:
+    return f"{run}snapshot-{generation.number}-{generation.token}.json"
+
+
+def journal_key(run: str, generation: _Generation, batch: int) -> str:
+    return f"{run}journal-{generation.number}-{generation.token}-{batch}.log"
+
+
+def _keys(run: str, generation: _Generation) -> list[str]:
+    return [snapshot_key(run, generation)] + [
+        journal_key(run, generation, n) for n in range(1, generation.batches + 1)
+    ]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> str:
+    return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _lost(exc: ClientError) -> bool:
+    return _error_code(exc) in _LOST or _status(exc) in _LOST
+
+
+def _conflict(exc: ClientError) -> bool:
+    return _error_code(exc) in _CONFLICT or _status(exc) in _CONFLICT
+
+
+class S3CheckpointStore:
+    """:class:`~checkpoints.store.CheckpointStore` on a bucket of an S3-compatible server."""
+
+    def __init__(
+        self, url: str, *, options: S3Options | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        self.url = url
+        self.bucket, self.prefix = parse_url(url)
+        self.options = options or S3Options()
+        self.max_bytes = max_bytes
+        session = boto3.session.Session(profile_name=self.options.profile)
+        self.client = session.client(
+            "s3",
+            endpoint_url=self.options.endpoint_url,
+            region_name=self.options.region,
+            aws_access_key_id=self.options.access_key_id,
+            aws_secret_access_key=self.options.secret_access_key,
+            config=Config(
+                connect_timeout=self.options.connect_timeout,
+                read_timeout=self.options.read_timeout,
+                retries=_retries(self.options.max_attempts),
+                s3={"addressing_style": "path" if self.options.endpoint_url else "auto"},
+                max_pool_connections=32,
+            ),
+        )
+        self.client.meta.events.register("before-sign.s3.PutObject", _no_expect_continue)
+        self.endpoint = shown_endpoint(self.client.meta.endpoint_url)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"S3CheckpointStore({self.url!r}, endpoint={self.endpoint!r})"
+
+    def run_prefix(self, package: str, run_id: str) -> str:
+        """The key prefix of the run's objects; both ids are validated before they touch a key."""
+        return f"{self.prefix}{validate_package_name(package)}/{validate_run_id(run_id)}/"
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointUnavailable` unless the bucket can be reached and listed."""
+        self._call("reach the bucket", self.client.list_objects_v2, Bucket=self.bucket, MaxKeys=1)
+
+    # -- the protocol --------------------------------------------------------------
+
+    def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
+        run = self.run_prefix(package, run_id)
+        checkpoint = None
+        for _ in range(_RETRIES):
+            manifest = self._manifest(run)
+            if not manifest.generations:
+                return None
+            missing: list[str] = []
+            try:
+                checkpoint = read_generations(
+                    self._generations(run, manifest, missing),
+                    package=package,
+                    run_id=run_id,
+                    where=f"s3://{self.bucket}/{run}",
+                    logger=log,
+                )
+            except CheckpointCorrupt:
+                if not missing or self._manifest(run).etag == manifest.etag:
+                    raise
+                continue
+            # A compaction removes old generations after its manifest was written: an object
+            # that went missing under a manifest that changed since is a race, not damage.
+            if not missing or self._manifest(run).etag == manifest.etag:
+                break
+        else:
+            raise self._contended(run)
+        stale = checkpoint is not None and checkpoint.definition_hash != definition_hash
+        if checkpoint is not None and definition_hash is not None and stale:
+            raise CheckpointMismatch(package, checkpoint.definition_hash, definition_hash)
+        return checkpoint
+
+    def open(self, checkpoint: Checkpoint) -> S3CheckpointWriter:
+        run = self.run_prefix(checkpoint.package, checkpoint.run_id)
+        data = self.encoded(checkpoint)
+        for _ in range(_RETRIES):
+            manifest = self._manifest(run)
+            if checkpoint.epoch < manifest.epoch:
+                raise Fenced(checkpoint.run_id, checkpoint.epoch, manifest.epoch)
+            new, written = self._new_generation(run, manifest, data, epoch=checkpoint.epoch)
+            if written is not None:
+                return S3CheckpointWriter(
+                    self, run, checkpoint.run_id, checkpoint.epoch, new, written, len(data)
+                )
+        raise self._contended(run)
+
+    def save(self, checkpoint: Checkpoint) -> int:
+        writer = self.open(checkpoint)
+        writer.close()
+        return writer.snapshot_bytes
+
+    def delete(self, package: str, run_id: str, *, epoch: int) -> None:
+        run = self.run_prefix(package, run_id)
+        for _ in range(_RETRIES):
+            manifest = self._manifest(run)
+            if manifest.etag is None:
+                return
+            if epoch < manifest.epoch:
+                raise Fenced(run_id, epoch, manifest.epoch)
+            if not manifest.generations:
+                return
+            if self._swap(run, manifest, manifest.next(generations=())) is not None:
+                self._remove([k for g in manifest.generations for k in _keys(run, g)])
+                return
+        raise self._contended(run)
+
+    def purge(self, package: str, run_id: str) -> bool:
+        """Remove every object of the run, its manifest (the fence) last (finished runs only)."""
+        run = self.run_prefix(package, run_id)
+        keys = self._list(run)
+        if not keys:
+            return False
+        self._remove([k for k in keys if k != run + MANIFEST])
+        self._remove([k for k in keys if k == run + MANIFEST])
+        return True
+
+    def fence(self, package: str, run_id: str, epoch: int) -> int:
+        run = self.run_prefix(package, run_id)
+        for _ in range(_RETRIES):
+            manifest = self._manifest(run)
+            if epoch <= manifest.epoch:
+                return manifest.epoch
+            if self._swap(run, manifest, manifest.next(epoch=epoch)) is not None:
+                return epoch
+        raise self._contended(run)
+
+    def next_epoch(self, package: str, run_id: str) -> int:
+        run = self.run_prefix(package, run_id)
+        for _ in range(_RETRIES):
+            manifest = self._manifest(run)
+            if self._swap(run, manifest, manifest.next(epoch=manifest.epoch + 1)) is not None:
+                return manifest.epoch + 1
+        raise self._contended(run)
+
+    def epoch(self, package: str, run_id: str) -> int:
+        return self._manifest(self.run_prefix(package, run_id)).epoch
+
+    # -- for the writer ------------------------------------------------------------
+
+    def encoded(self, checkpoint: Checkpoint) -> bytes:
+        """The snapshot bytes of ``checkpoint``; ``CheckpointTooLarge`` over ``max_bytes``."""
+        data = encode(checkpoint)
+        if len(data) > self.max_bytes:
+            raise CheckpointTooLarge(
+                f"checkpoint of run {checkpoint.run_id!r} is {len(data)} bytes, "
+                f"over the limit of {self.max_bytes}"
+            )
+        return data
+
+    def _new_generation(
+        self, run: str, manifest: Manifest, data: bytes, *, epoch: int
+    ) -> tuple[_Generation, Manifest | None]:
+        """Write ``data`` as a new generation and swap it into the manifest.
+
+        Return the generation and the manifest written, or ``None`` for the manifest when
+        the swap lost its race (the snapshot written is removed again: nothing names it).
+        The generations before the newest intact one older than the new one are dropped.
+        """
+        new = _Generation(max((g.number for g in manifest.generations), default=0) + 1, secrets.token_hex(6))
+        self._create(snapshot_key(run, new), data)
+        keep = self._kept(run, manifest)
+        written = manifest.next(epoch=max(epoch, manifest.epoch), generations=(*keep, new))
+        etag = self._swap(run, manifest, written)
+        if etag is None:
+            self._remove([snapshot_key(run, new)])
+            return new, None
+        dropped = [g for g in manifest.generations if g not in keep]
+        self._remove([k for g in dropped for k in _keys(run, g)])
+        return new, replace(written, etag=etag)
+
+    def _kept(self, run: str, manifest: Manifest) -> tuple[_Generation, ...]:
+        """The older generations to keep beside a new one: back to the newest intact snapshot."""
+        ordered = sorted(manifest.generations, key=lambda g: g.number, reverse=True)
+        for position, generation in enumerate(ordered):
+            data = self._get(snapshot_key(run, generation))
+            if data is not None and verify(data):
+                return tuple(reversed(ordered[: position + 1]))
+        return tuple(reversed(ordered[:1]))
+
+    def _generations(self, run: str, manifest: Manifest, missing: list[str]) -> list[Generation]:
+        where = f"s3://{self.bucket}/"
+        generations = []
+        for g in manifest.generations:
+            snapshot, journal = snapshot_key(run, g), f"{run}journal-{g.number}-{g.token}-*.log"
+            generations.append(
+                Generation(
+                    g.number,
+                    self._reader(snapshot, missing),
+                    self._journal_reader(run, g, missing),
+                    where + snapshot,
+                    where + journal,
+                )
+            )
+        return generations
+
+    def _reader(self, key: str, missing: list[str]) -> Callable[[], bytes]:
+        def read() -> bytes:
+            data = self._get(key)
+            if data is None:
+                missing.append(key)
+                raise CheckpointCorrupt(f"s3://{self.bucket}/{key}: missing")
+            return data
+
+        return read
+
+    def _journal_reader(self, run: str, generation: _Generation, missing: list[str]) -> Callable[[], bytes]:
+        def read() -> bytes:
+            keys = [journal_key(run, generation, n) for n in range(1, generation.batches + 1)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                parts = list(pool.map(self._get, keys))
+            # A missing batch leaves a gap in the records' sequence numbers: the replay stops
+            # there and reports the damage, as a damaged record in a journal file does.
+            missing.extend(k for k, p in zip(keys, parts, strict=True) if p is None)
+            return b"".join(p for p in parts if p is not None)
+
+        return read
+
+    # -- requests ------------------------------------------------------------------
+
+    def _manifest(self, run: str) -> Manifest:
+        key = run + MANIFEST
+        try:
+            response = self._call("read the manifest", self.client.get_object, Bucket=self.bucket, Key=key)
+        except _Missing:
+            return Manifest()
+        data = self._read_body(response, key)
+        return Manifest.decode(data, response["ETag"], f"s3://{self.bucket}/{key}")
+
+    def _swap(self, run: str, old: Manifest, new: Manifest) -> str | None:
+        """Replace the manifest ``old`` by ``new`` (compare-and-swap); return the new ETag,
+        or None when the race was lost."""
+        key = run + MANIFEST
+        data = new.encoded()
+        condition = {"IfMatch": old.etag} if old.etag is not None else {"IfNoneMatch": "*"}
+        for _ in range(_RETRIES):
+            try:
+                put = self._call(
+                    "write the manifest",
+                    self.client.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    **condition,
+                )
+                return str(put["ETag"])
+            except _Conflict:
+                _backoff()
+            except _Lost:
+                # A retried request whose first try succeeded also answers 412: it won if the
+                # manifest now is the one it wrote (the nonce makes each manifest unique).
+                current = self._get_tagged(key)
+                if current is None or current[0] != data:
+                    _backoff()
+                    return None
+                return current[1]
+        raise self._contended(run)
+
+    def _create(self, key: str, data: bytes) -> None:
+        """Create ``key`` only if absent (``If-None-Match: *``)."""
+        for _ in range(_RETRIES):
+            try:
+                self._call(
+                    "write", self.client.put_object, Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*"
+                )
+                return
+            except _Conflict:
+                _backoff()
+            except _Lost:
+                # Names carry the writer's own random token: only a retry of this very write
+                # can have created it first. Anything else is refused, never overwritten.
+                if self._get(key) == data:
+                    return
+                raise CheckpointError(f"s3://{self.bucket}/{key} exists already with other content") from None
+        raise CheckpointError(f"s3://{self.bucket}/{key}: the server kept answering 409 Conflict")
+
+    def _get(self, key: str) -> bytes | None:
+        tagged = self._get_tagged(key)
+        return None if tagged is None else tagged[0]
+
+    def _get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when there is no such object."""
+        try:
+            response = self._call("read", self.client.get_object, Bucket=self.bucket, Key=key)
+        except _Missing:
+            return None
+        return self._read_body(response, key), str(response["ETag"])
+
+    def _read_body(self, response: dict[str, Any], key: str) -> bytes:
+        try:
+            data: bytes = response["Body"].read()
+        except (BotoCoreError, OSError) as exc:
+            raise self._unavailable(f"read s3://{self.bucket}/{key}", exc) from exc
+        return data
+
+    def _list(self, run: str) -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list", self.client.list_objects_v2, Bucket=self.bucket, Prefix=run, **token)
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            if not batch:
+                continue
+            result = self._call(
+                "delete",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            errors = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                shown = ", ".join(f"{e.get('Key')}: {e.get('Code')}" for e in errors[:3])
+                raise CheckpointError(f"s3://{self.bucket}: {len(errors)} object(s) not deleted ({shown})")
+
+    def _call(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        """One request; a lost race, a conflict and a missing key become the exceptions above.
+
+        A server that cannot be reached or answers 5xx (restarting, overloaded) is tried again
+        with backoff until ``retry_timeout`` has passed since the first try; then, or at once
+        for any other error (credentials, no such bucket), :class:`CheckpointUnavailable`.
+        """
+        deadline = time.monotonic() + self.options.retry_timeout
+        pause = 0.1
+        while True:
+            try:
+                return self._request(what, method, **kwargs)
+            except _Transient as transient:
+                if time.monotonic() + pause > deadline:
+                    raise transient.error from transient.__cause__
+                log.warning("%s; retrying in %.1f s", transient.error, pause)
+                time.sleep(pause)  # backoff between tries of an unreachable store, bounded above
+                pause = min(pause * 2, 2.0)
+
+    def _request(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except ClientError as exc:
+            if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
+                if _conflict(exc):
+                    raise _Conflict from exc
+                if _lost(exc):
+                    raise _Lost from exc
+            bucket_missing = _error_code(exc) == "NoSuchBucket"
+            if (
+                "Key" in kwargs
+                and not bucket_missing
+                and (_error_code(exc) == "NoSuchKey" or _status(exc) == "404")
+            ):
+                raise _Missing from exc
+            if _status(exc).startswith("5") or _error_code(exc) in _BUSY:
+                raise _Transient(self._unavailable(what, exc)) from exc
+            raise self._unavailable(what, exc) from exc
+        except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectTimeoutError) as exc:
+            raise _Transient(self._unavailable(what, exc)) from exc
+        except BotoCoreError as exc:
+            raise self._unavailable(what, exc) from exc
+
+    def _unavailable(self, what: str, exc: Exception) -> CheckpointUnavailable:
+        return CheckpointUnavailable(
+            f"checkpoint store s3://{self.bucket}/{self.prefix} at {self.endpoint}: cannot {what}: {exc}"
+        )
+
+    def _contended(self, run: str) -> CheckpointError:
+        return CheckpointError(
+            f"s3://{self.bucket}/{run}{MANIFEST}: gave up after {_RETRIES} lost compare-and-swap rounds"
+        )
+
+
+class S3CheckpointWriter:
+    """:class:`~checkpoints.store.CheckpointWriter` appending journal batches under the manifest."""
+
+    def __init__(
+        self,
+        store: S3CheckpointStore,
+        run: str,
+        run_id: str,
+        epoch: int,
+        generation: _Generation,
+        manifest: Manifest,
+        snapshot_bytes: int,
+    ) -> None:
+        self._store, self._run, self._run_id, self._epoch = store, run, run_id, epoch
+        self._generation, self._manifest, self._snapshot_bytes = generation, manifest, snapshot_bytes
+        self._journal_bytes = 0
+        self._seq = 0
+        self._failed: str | None = None
+
+    def __repr__(self) -> str:
+        return f"S3CheckpointWriter('s3://{self._store.bucket}/{self._run}', epoch={self._epoch})"
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def generation(self) -> int:
+        return self._generation.number
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self._snapshot_bytes
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal_bytes
+
+    def append(self, changes: Sequence[Change]) -> int:
+        if not changes:
+            return 0
+        self._check_usable()
+        first = self._seq + 1
+        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
+        if len(data) > self._store.max_bytes:
+            raise CheckpointTooLarge(
+                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
+                f"over the limit of {self._store.max_bytes}"
+            )
+        generation = replace(self._generation, batches=self._generation.batches + 1)
+        key = journal_key(self._run, generation, generation.batches)
+        generations = tuple(generation if g == self._generation else g for g in self._manifest.generations)
+        with self._failing("an earlier append failed"):
+            self._store._create(key, data)
+            self._commit(self._manifest.next(generations=generations), orphans=[key])
+        self._generation = generation
+        self._seq += len(changes)
+        self._journal_bytes += len(data)
+        return len(data)
+
+    def compact(self, checkpoint: Checkpoint) -> int:
+        if checkpoint.epoch != self._epoch:
+            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
+        self._check_usable()
+        data = self._store.encoded(checkpoint)
+        with self._failing("an earlier compaction failed"):
+            new, written = self._store._new_generation(self._run, self._manifest, data, epoch=self._epoch)
+            if written is None:
+                raise self._refusal()
+        self._generation, self._manifest, self._snapshot_bytes = new, written, len(data)
+        self._journal_bytes = self._seq = 0
+        return len(data)
+
+    def close(self) -> None:
+        """Nothing to release: every request stands alone."""
+
+    def _commit(self, manifest: Manifest, *, orphans: list[str]) -> None:
+        etag = self._store._swap(self._run, self._manifest, manifest)
+        if etag is None:
+            self._store._remove(orphans)  # named by this writer's token: nobody else refers to them
+            raise self._refusal()
+        self._manifest = replace(manifest, etag=etag)
+
+    def _refusal(self) -> CheckpointError:
+        """Why the manifest changed under this writer: a newer epoch (fenced) or another writer."""
+        current = self._store._manifest(self._run)
+        if current.epoch > self._epoch:
+            return Fenced(self._run_id, self._epoch, current.epoch)
+        if current.etag is None or not current.generations:
+            return CheckpointError(
+                f"checkpoint of run {self._run_id!r} was deleted while its writer was open"
+            )
+        newest = max(g.number for g in current.generations)
+        began = f"began generation {newest}" if newest > self._generation.number else "changed the manifest"
+        return CheckpointError(
+            f"checkpoint of run {self._run_id!r}: another writer of epoch {self._epoch} {began}; "
+            "this writer must stop"
+        )
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise CheckpointError(f"checkpoint of run {self._run_id!r} cannot be written: {self._failed}")
+
+    @contextlib.contextmanager
+    def _failing(self, why: str) -> Iterator[None]:
+        """Mark the writer unusable when the block raises anything but :class:`Fenced`."""
+        try:
+            yield
+        except Fenced:
+            raise
+        except BaseException as exc:
+            self._failed = f"{why} ({exc})"
+            raise
+
+
+class _Lost(Exception):
+    """A conditional write found its condition false: another writer won."""
+
+
+class _Conflict(Exception):
+    """409: a concurrent conditional write of the same key; the request may be repeated."""
+
+
+class _Transient(Exception):
+    """The store could not be reached or was busy: the request may succeed if tried again."""
+
+    def __init__(self, error: CheckpointUnavailable) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Missing(Exception):
+    """404 on a read: no such object."""
+
+
+def _retries(max_attempts: int | None) -> Any:
+    """botocore's standard retries; its attempts from ``AWS_MAX_ATTEMPTS`` (default 3) unless given."""
+    return {"mode": "standard", **({"max_attempts": max_attempts} if max_attempts else {})}
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """Drop ``Expect: 100-continue``: checkpoint objects are small, and waiting for a server's
+    ``100 Continue`` (which some S3 servers never send under load) costs up to a second."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def _backoff() -> None:
+    """A short random pause after a lost race, so that racing writers spread out."""
+    time.sleep(random.uniform(0.001, 0.02))  # noqa: S311 - jitter, not a secret
