@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.support.databases", "tests.support.redis", "tests.support.cluster"]
+pytest_plugins = [
+    "tests.support.databases",
+    "tests.support.redis",
+    "tests.support.cluster",
+    "tests.support.etl",
+]

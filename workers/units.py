@@ -26,6 +26,7 @@ from orchestrator.packages.templating import TemplateError, render
 from orchestrator.state.states import TaskState
 from workers.context import Flag, Progress, TaskContext, TaskVariables, read_only
 from workers.errors import RunInterrupted, TaskCancelled, TaskError, VariableConflict
+from workers.etl.task import etl_function
 from workers.execution import ExecutionOptions, RunRequest, SerialHooks
 from workers.invoke import call_python, checked_output, resolve_callable, run_shell, shell_command
 from workers.plan import Unit
@@ -189,11 +190,13 @@ class UnitRunner:
                     raise TaskError(f"shell task {task.id!r} refused: ORCHESTRATOR_ALLOW_SHELL is false")
                 command = shell_command(task, ctx.vars, ctx.outputs)
                 return run_shell(command, ctx, stopped, task.timeout, self.host.masker)
-            assert task.python is not None
             ctx.params = render(task.params, ctx.vars, ctx.outputs)
         except TemplateError as exc:
             raise TaskError(f"params: {exc}") from exc
-        function = resolve_callable(task.python, options.allowed_modules)
+        if task.python is None:  # a sql or copy task (workers.etl)
+            function = etl_function(task, self.host.package, options.allowed_modules)
+        else:
+            function = resolve_callable(task.python, options.allowed_modules)
         return call_python(function, ctx, task_stop, task.timeout)
 
 
