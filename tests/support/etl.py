@@ -10,6 +10,7 @@ created and dropped here, so parallel runs do not collide.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import hashlib
 import logging
 import os
@@ -101,9 +102,16 @@ def rows(url: str, query: str) -> list[tuple[Any, ...]]:
 def checksum(url: str, table: str, key: str) -> tuple[int, int, str]:
     """(row count, distinct keys, sha256 of every row in key order): equal tables, equal checksums."""
     found = rows(url, f"SELECT * FROM {table} ORDER BY {key}")
-    digest = hashlib.sha256(repr([tuple(str(v) for v in row) for row in found]).encode()).hexdigest()
+    digest = hashlib.sha256(repr([tuple(_canonical(v) for v in row) for row in found]).encode()).hexdigest()
     keys = {row[0] for row in found} if "," not in key else {row[:2] for row in found}
     return len(found), len(keys), digest
+
+
+def _canonical(value: Any) -> str:
+    """The same text for the same number whatever the engine gave (SQLite: 1.5, others: 1.50)."""
+    if isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool):
+        return str(decimal.Decimal(str(value)).normalize())
+    return str(value)
 
 
 def context(
