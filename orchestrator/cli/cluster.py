@@ -273,10 +273,13 @@ def _clock(iso: str | None) -> str:
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's files for a look.")] = False,
+    copy: Annotated[
+        bool, typer.Option("--copy", help="The ETL copy demo: a table copy resumes mid-flow, rows once.")
+    ] = False,
 ) -> None:
     """The showcase: a node dies mid-run and the package finishes on another node."""
     from orchestrator.cli.demo import run_demo
 
     with exit_codes():
-        report = run_demo(out, keep=keep)
+        report = run_demo(out, keep=keep, copy=copy)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

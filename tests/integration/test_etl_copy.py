@@ -64,6 +64,8 @@ def copy(pkg: Package, **ctx_args: Any) -> tuple[dict[str, Any], list[Any]]:
 
 
 def copy_with(pkg: Package, transform: Any = None, **ctx_args: Any) -> dict[str, Any]:
+    """Run the copy as attempt ``epoch`` would, from the progress ``saved`` in its checkpoint;
+    ``saves`` collects what it saves."""
     ctx, _ = context(pkg, **ctx_args)
     connections = Connections(pkg.connections, ctx.vars)
     try:
@@ -181,10 +183,11 @@ def test_upper_bound_is_frozen_at_the_first_attempt(etl_url: str) -> None:
     """Rows added above the first attempt's upper bound are not copied by a resumed attempt."""
     fill_orders(etl_url, 40)
     pkg = package(etl_url, etl_url, orders_copy(10))
+    saves: list[Any] = []
     with pytest.raises(Crash):
-        copy_with(pkg, crash_after(2), epoch=1)
+        copy_with(pkg, crash_after(2), epoch=1, saves=saves)
     execute(etl_url, "INSERT INTO orders VALUES (41, 'late', 1.00)")
-    output = copy_with(pkg, epoch=2)
+    output = copy_with(pkg, epoch=2, saved=saves[-1])
     assert output["rows"] == 40
     assert rows(etl_url, "SELECT MAX(id) FROM orders_copy") == [(40,)]
 
@@ -195,19 +198,20 @@ def test_a_stale_attempt_writes_nothing(etl_url: str) -> None:
     fill_orders(etl_url, 50)
     pkg = package(etl_url, etl_url, orders_copy(10))
     woke: list[str] = []
+    saves: list[Any] = []
 
     def pause_then_wake(ctx: Any, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if page[0]["id"] == 21 and not woke:  # the third batch: the newer attempt runs in the pause
             woke.append("newer ran")
-            assert copy_with(pkg, epoch=2)["rows"] == 50
+            assert copy_with(pkg, epoch=2, saved=saves[-1])["rows"] == 50
         return page
 
     with pytest.raises(AttemptFenced, match="refused"):
-        copy_with(pkg, pause_then_wake, epoch=1)
+        copy_with(pkg, pause_then_wake, epoch=1, saves=saves)
     same_rows(etl_url)
     assert rows(etl_url, "SELECT epoch, rows_copied FROM orchestrator_copy_state") == [(2, 50)]
     with pytest.raises(AttemptFenced, match="taken over by epoch 2"):
-        copy_with(pkg, epoch=1)
+        copy_with(pkg, epoch=1, saved=saves[-1])
 
 
 def test_query_source_and_transform(etl_url: str) -> None:
@@ -268,3 +272,14 @@ def test_clear_errors(etl_url: str, setup: str, spec: dict[str, Any], message: s
     with pytest.raises(EtlError) as raised:
         copy_with(package(etl_url, etl_url, base))
     assert message in str(raised.value)
+
+
+def test_a_new_run_under_the_same_run_id_copies_again(etl_url: str) -> None:
+    """``orchestrator run`` reuses its run id: without progress in the checkpoint the copy starts over."""
+    fill_orders(etl_url, 12)
+    pkg = package(etl_url, etl_url, orders_copy(5))
+    assert copy_with(pkg, epoch=1)["rows"] == 12
+    execute(etl_url, "DELETE FROM orders_copy")
+    output = copy_with(pkg, epoch=2)
+    assert output["rows"] == 12 and output["rows_this_attempt"] == 12
+    same_rows(etl_url)

@@ -122,9 +122,10 @@ def context(
     epoch: int = 1,
     saved: Any = None,
     item: Any = None,
+    saves: list[Any] | None = None,
 ) -> tuple[TaskContext, list[Any]]:
-    """A task context for calling ETL functions directly; the list collects progress saves."""
-    saves: list[Any] = []
+    """A task context for calling ETL functions directly; the list (``saves``) collects progress saves."""
+    saves = [] if saves is None else saves
     stopped = threading.Event()
     ctx = TaskContext(
         run_id=run_id,

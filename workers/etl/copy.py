@@ -89,7 +89,11 @@ class _Copy:
         return source
 
     def start(self, reading: Connection, source: Source) -> CopyState:
-        """Claim the copy's state for this epoch: its cursor, or a new state with a frozen upper bound."""
+        """Claim the copy's state for this epoch: its cursor, or a new state with a frozen upper bound.
+
+        The first progress save (before any batch) marks the copy as begun in the checkpoint:
+        from then on, the destination's state is the truth about how far it got.
+        """
         saved = self.ctx.progress.get()
         upper = (
             saved.get("upper")
@@ -105,7 +109,7 @@ class _Copy:
         )
         engine = self.connections.engine(self.spec.destination.connection)
         with self.database(self.spec.destination.connection, "claiming the copy"), engine.begin() as writing:
-            state = claim(writing, wanted)
+            state = claim(writing, wanted, fresh=saved is None)
         self.save(state)
         return state
 

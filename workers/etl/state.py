@@ -79,10 +79,12 @@ def ensure_table(engine: Engine) -> None:
             raise
 
 
-def claim(connection: Connection, wanted: CopyState) -> CopyState:
+def claim(connection: Connection, wanted: CopyState, *, fresh: bool) -> CopyState:
     """Take the copy over for ``wanted.epoch``: the stored state (made from ``wanted`` if none).
 
-    Raises :class:`AttemptFenced` when a newer attempt already wrote it.
+    ``fresh``: the run's checkpoint has no progress of this copy, so the copy starts over
+    (a new run under the same run id, ``orchestrator run`` say) and the stored state is
+    replaced by ``wanted``. Raises :class:`AttemptFenced` when a newer attempt already wrote it.
     """
     where = _key(wanted)
     row = connection.execute(select(copy_state).where(*where).with_for_update()).mappings().first()
@@ -94,6 +96,9 @@ def claim(connection: Connection, wanted: CopyState) -> CopyState:
             f"copy {wanted.task!r} of run {wanted.run_id!r} was taken over by epoch {row['epoch']} "
             f"(this attempt's is {wanted.epoch})"
         )
+    if fresh:
+        connection.execute(update(copy_state).where(*where).values(**_values(wanted)))
+        return wanted
     connection.execute(update(copy_state).where(*where).values(epoch=wanted.epoch, updated_at=_now()))
     kept = {k: row[k] for k in ("run_id", "task", "item", "batches", "cursor", "upper")}
     return CopyState(**kept, rows=row["rows_copied"], epoch=wanted.epoch)
