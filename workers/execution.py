@@ -78,6 +78,9 @@ class ExecutionHooks:
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         """A foreach's items are known: ``items`` in all, ``finished`` of them by an earlier attempt."""
 
+    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        """How far a running task got, in small JSON (a copy: ``rows``, ``rows_per_second``)."""
+
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         """A record is durable. ``reason``: start (the claiming snapshot), task, item, progress or
         compaction (a new snapshot); ``size`` and ``seconds`` are those of the write that carried it
@@ -119,6 +122,9 @@ class SerialHooks(ExecutionHooks):
 
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         self._call(self.hooks.foreach_started, task_id, items, finished)
+
+    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        self._call(self.hooks.task_progress, task_id, item, detail)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         self._call(self.hooks.checkpoint_saved, size, seconds, reason)

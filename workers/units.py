@@ -12,6 +12,7 @@ test's simulated crash) also stops it and is re-raised by :func:`~workers.execut
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -194,7 +195,8 @@ class UnitRunner:
         except TemplateError as exc:
             raise TaskError(f"params: {exc}") from exc
         if task.python is None:  # a sql or copy task (workers.etl)
-            function = etl_function(task, self.host.package, options.allowed_modules)
+            report = functools.partial(self.host.hooks.task_progress, task.id, ctx.item)
+            function = etl_function(task, self.host.package, options.allowed_modules, report)
         else:
             function = resolve_callable(task.python, options.allowed_modules)
         return call_python(function, ctx, task_stop, task.timeout)

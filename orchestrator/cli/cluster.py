@@ -170,11 +170,21 @@ def _print_status(found: dict[str, Any]) -> None:
     table = Table(show_edge=False)
     table.add_column("task")
     table.add_column("state")
+    table.add_column("progress")
+    progress = found.get("progress", {})
     for task_id, state in found["tasks"].items():
-        table.add_row(task_id, state)
+        table.add_row(task_id, state, _progress_text(progress.get(task_id)))
     out.print(table)
     if found["error"]:
         out.print(f"[red]error[/]: {escape(found['error'])}")
+
+
+def _progress_text(detail: dict[str, Any] | None) -> str:
+    """A copy's progress: "12000 rows, 5400 rows/s"."""
+    if not detail or "rows" not in detail:
+        return ""
+    rate = detail.get("rows_per_second")
+    return f"{detail['rows']} rows" + (f", {rate:g} rows/s" if rate else "")
 
 
 @app.command()

@@ -103,6 +103,7 @@ def test_copy_survives_two_node_kills(etl_cluster: Cluster, tmp_path: Path, back
         final = finished(cluster, run_id, timeout=120)
         assert final["state"] == "succeeded" and final["restarts"] == 2, final
         assert final["node"] not in killed
+        assert final["progress"]["copy"]["rows"] == ROWS and final["progress"]["copy"]["done"] is True
         exactly_the_source(source, destination)
         assert rows(destination, "SELECT epoch, rows_copied FROM orchestrator_copy_state") == [(3, ROWS)]
 

@@ -29,6 +29,9 @@ from workers.etl.source import Source, check_unique_key, open_source, reflect
 from workers.etl.state import CopyState, advance, claim, ensure_table
 from workers.etl.values import decode_key, encode_key
 
+PROGRESS_EVERY = 1.0
+"""Seconds between two progress reports of a copy (events: one Redis append each)."""
+
 Transform = Callable[[TaskContext, list[dict[str, Any]]], Iterable[dict[str, Any]]]
 
 
@@ -41,6 +44,8 @@ class _Copy:
     connections: Connections
     transform: Transform | None
     counted: Callable[[int], None]
+    report: Callable[[dict[str, Any]], None]
+    reported: float = 0.0
 
     @contextlib.contextmanager
     def database(self, name: str, doing: str) -> Iterator[None]:
@@ -68,12 +73,14 @@ class _Copy:
                 state = self.batches(reading, source, destination, state)
         seconds = time.monotonic() - started
         copied = state.rows - resumed_rows
+        rate = round(copied / seconds, 1) if seconds > 0 else None
+        self.report({"rows": state.rows, "rows_per_second": rate, "done": True})
         return {
             "rows": state.rows,
             "rows_this_attempt": copied,
             "batches": state.batches,
             "seconds": round(seconds, 3),
-            "rows_per_second": round(copied / seconds, 1) if seconds > 0 else None,
+            "rows_per_second": rate,
         }
 
     def open(self, reading: Connection, destination: Table) -> Source:
@@ -114,6 +121,7 @@ class _Copy:
         return state
 
     def batches(self, reading: Connection, source: Source, destination: Table, state: CopyState) -> CopyState:
+        started, resumed_rows = time.monotonic(), state.rows
         upper = decode_key(state.upper)
         assert upper is not None
         cursor = decode_key(state.cursor)
@@ -138,9 +146,19 @@ class _Copy:
                     writing.execute(insert(destination), out)
             self.counted(len(out))
             self.save(state)
+            self.progress(state, resumed_rows, started)
             if len(rows) < size:
                 return state
             cursor = last
+
+    def progress(self, state: CopyState, resumed_rows: int, started: float) -> None:
+        """Report rows copied so far and this attempt's rate, at most every PROGRESS_EVERY seconds."""
+        now = time.monotonic()
+        if now - self.reported < PROGRESS_EVERY:
+            return
+        self.reported = now
+        rate = (state.rows - resumed_rows) / (now - started) if now > started else 0.0
+        self.report({"rows": state.rows, "rows_per_second": round(rate, 1)})
 
     def transformed(self, rows: list[dict[str, Any]], destination: Table) -> list[dict[str, Any]]:
         if self.transform is None:
@@ -172,6 +190,7 @@ def run_copy(
     connections: Connections,
     transform: Transform | None = None,
     counted: Callable[[int], None] = lambda rows: None,
+    report: Callable[[dict[str, Any]], None] = lambda detail: None,
 ) -> dict[str, Any]:
     """Copy ``spec``'s source into its destination for ``ctx``'s run, resuming where it stopped.
 
@@ -179,4 +198,4 @@ def run_copy(
     :class:`EtlError` for what the databases refuse and
     :class:`~workers.errors.AttemptFenced` when a newer attempt owns the copy.
     """
-    return _Copy(spec, ctx, connections, transform, counted).run()
+    return _Copy(spec, ctx, connections, transform, counted, report).run()

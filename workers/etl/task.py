@@ -16,15 +16,20 @@ from workers.etl.copy import run_copy
 from workers.etl.sql import run_sql
 from workers.invoke import resolve_callable
 
+Report = Callable[[dict[str, Any]], None]
+
 
 def etl_function(
-    task: Task, package: Package, allowed_modules: tuple[str, ...]
+    task: Task, package: Package, allowed_modules: tuple[str, ...], report: Report | None = None
 ) -> Callable[[TaskContext], Any]:
-    """``task`` (a ``sql`` or ``copy`` task) as a function of its context."""
-    return functools.partial(run_etl, task, package, allowed_modules)
+    """``task`` (a ``sql`` or ``copy`` task) as a function of its context; ``report`` receives a
+    copy's progress (rows, rows per second) about once a second."""
+    return functools.partial(run_etl, task, package, allowed_modules, report or (lambda detail: None))
 
 
-def run_etl(task: Task, package: Package, allowed_modules: tuple[str, ...], ctx: TaskContext) -> Any:
+def run_etl(
+    task: Task, package: Package, allowed_modules: tuple[str, ...], report: Report, ctx: TaskContext
+) -> Any:
     """Run a ``sql`` or ``copy`` task with the package's connections, closed when it ends."""
     connections = Connections(package.connections, ctx.vars)
     try:
@@ -38,7 +43,8 @@ def run_etl(task: Task, package: Package, allowed_modules: tuple[str, ...], ctx:
         if spec is None:
             raise TaskError(f"task {task.id!r} is not an ETL task")
         transform = resolve_callable(spec.transform, allowed_modules) if spec.transform else None
-        return run_copy(spec, ctx, connections, transform, _counter(package.name, task.id))  # type: ignore[arg-type]
+        counted = _counter(package.name, task.id)
+        return run_copy(spec, ctx, connections, transform, counted, report)  # type: ignore[arg-type]
     finally:
         connections.close()
 
