@@ -288,8 +288,9 @@ def demo(
     ] = False,
 ) -> None:
     """The showcase: a node dies mid-run and the package finishes on another node."""
-    from orchestrator.cli.demo import run_demo
+    from orchestrator.cli.demo import Demo, run_demo
+    from orchestrator.cli.democopy import CopyDemo
 
     with exit_codes():
-        report = run_demo(out, keep=keep, copy=copy)
+        report = run_demo(out, keep=keep, kind=CopyDemo if copy else Demo)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

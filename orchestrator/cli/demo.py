@@ -297,10 +297,10 @@ def print_summary(console: Console, report: DemoReport) -> None:
         console.print(f"[bold red]demo failed[/]: {escape(report.error or 'see the summary above')}")
 
 
-def run_demo(console: Console, *, keep: bool = False, copy: bool = False) -> DemoReport:
+def run_demo(console: Console, *, keep: bool = False, kind: type[Demo] = Demo) -> DemoReport:
     """Run the demo in a fresh temporary directory (kept with ``keep`` for inspection).
 
-    ``copy``: the ETL copy demo (:mod:`orchestrator.cli.democopy`) instead of the orders load.
+    ``kind``: the scenario (the ETL copy's is :class:`orchestrator.cli.democopy.CopyDemo`).
 
     With ``ORCHESTRATOR_BROKER_URL`` set, the cluster uses that broker; otherwise an
     embedded one, and :class:`~orchestrator.errors.NoBrokerServer` is raised before
@@ -312,11 +312,6 @@ def run_demo(console: Console, *, keep: bool = False, copy: bool = False) -> Dem
         find_server_binary()
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
     try:
-        kind: type[Demo] = Demo
-        if copy:
-            from orchestrator.cli.democopy import CopyDemo
-
-            kind = CopyDemo
         report = kind(console, workdir, broker_url).run()
     except OrchestratorError as exc:
         report = DemoReport(error=str(exc))
