@@ -126,6 +126,7 @@ class _Copy:
         assert upper is not None
         cursor = decode_key(state.cursor)
         size = self.spec.batch_size
+        positions = [source.columns.index(k) for k in self.spec.source.key]
         engine = self.connections.engine(self.spec.destination.connection)
         while True:
             if self.ctx.cancelled:
@@ -133,8 +134,8 @@ class _Copy:
             rows = source.fetch(reading, cursor, upper, size)
             if not rows:
                 return state
-            last = tuple(rows[-1][k] for k in self.spec.source.key)
-            out = self.transformed(rows, destination)
+            last = tuple(rows[-1][i] for i in positions)
+            out = self.transformed(source.columns, rows, destination)
             with (
                 self.database(self.spec.destination.connection, "writing a batch"),
                 engine.begin() as writing,
@@ -142,8 +143,7 @@ class _Copy:
                 # The fence first: a stale attempt learns it at once, before its rows could meet
                 # the newer attempt's (a unique key would turn that into a confusing error).
                 state = advance(writing, state, len(out), encode_key(last))
-                if out:
-                    writing.execute(insert(destination), out)
+                write_rows(writing, destination, source.columns, out)
             self.counted(len(out))
             self.save(state)
             self.progress(state, resumed_rows, started)
@@ -160,10 +160,12 @@ class _Copy:
         rate = (state.rows - resumed_rows) / (now - started) if now > started else 0.0
         self.report({"rows": state.rows, "rows_per_second": round(rate, 1)})
 
-    def transformed(self, rows: list[dict[str, Any]], destination: Table) -> list[dict[str, Any]]:
+    def transformed(
+        self, columns: list[str], rows: list[tuple[Any, ...]], destination: Table
+    ) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
         if self.transform is None:
             return rows
-        out = list(self.transform(self.ctx, rows))
+        out = list(self.transform(self.ctx, [dict(zip(columns, row, strict=True)) for row in rows]))
         if not all(isinstance(row, dict) for row in out):
             raise EtlError(f"transform {self.spec.transform!r} must give dicts (one per row)")
         _check_columns(sorted({name for row in out for name in row}), destination)
@@ -173,6 +175,35 @@ class _Copy:
         self.ctx.progress.save(
             {"upper": state.upper, "cursor": state.cursor, "rows": state.rows, "batches": state.batches}
         )
+
+
+def write_rows(
+    connection: Connection,
+    table: Table,
+    columns: list[str],
+    rows: list[tuple[Any, ...]] | list[dict[str, Any]],
+) -> None:
+    """Insert a batch in the connection's transaction: PostgreSQL (psycopg) rows given as tuples
+    go through ``COPY ... FROM STDIN``, the rest through an executemany ``INSERT``."""
+    if not rows:
+        return
+    if isinstance(rows[0], tuple):
+        if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+            _copy_in(connection, table, columns, rows)
+            return
+        rows = [dict(zip(columns, row, strict=True)) for row in rows]
+    connection.execute(insert(table), rows)
+
+
+def _copy_in(connection: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    quote = connection.dialect.identifier_preparer
+    names = ", ".join(quote.quote(name) for name in columns)
+    statement = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
+    driver = connection.connection.driver_connection  # psycopg's, in the batch's transaction
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _check_columns(columns: Iterable[str], destination: Table) -> None:

@@ -82,9 +82,10 @@ class Source:
 
     def fetch(
         self, connection: Connection, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[Any, ...]]:
+        """The next page as tuples in the order of :attr:`columns` (dicts only when needed)."""
         result = connection.execute(self.page(cursor, upper, size), self.params)
-        return [dict(row) for row in result.mappings()]
+        return [tuple(row) for row in result]
 
 
 def _compare(key: list[ColumnElement[Any]], values: Sequence[Any], operator: str) -> ColumnElement[bool]:
