@@ -20,7 +20,7 @@ from tests.support.cli import ROOT, cli_env
 
 pytestmark = pytest.mark.timeout(120)
 
-SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui"]
+SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui", "copy"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

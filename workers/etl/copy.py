@@ -187,8 +187,14 @@ def write_rows(
     go through ``COPY ... FROM STDIN``, the rest through an executemany ``INSERT``."""
     if not rows:
         return
+    copying = connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg"
+    if copying and isinstance(rows[0], dict):  # a transform's rows: COPY too when they agree on columns
+        first = rows[0]
+        if all(isinstance(row, dict) and row.keys() == first.keys() for row in rows):
+            columns = list(first)
+            rows = [tuple(row[name] for name in columns) for row in rows]
     if isinstance(rows[0], tuple):
-        if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+        if copying:
             _copy_in(connection, table, columns, rows)
             return
         rows = [dict(zip(columns, row, strict=True)) for row in rows]
