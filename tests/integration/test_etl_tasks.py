@@ -136,3 +136,42 @@ def test_passwords_stay_out_of_errors(etl_url: str, monkeypatch: pytest.MonkeyPa
     assert result.state is RunState.FAILED
     assert "connection 'a'" in (result.error or "") or "connection 'b'" in (result.error or "")
     assert "var-secret-Xk7" not in repr(result) and "env-secret-Zq9" not in repr(result)
+
+
+def test_a_copy_per_foreach_item(etl_url: str) -> None:
+    """One partition per item: ``:item`` in the source query is the item; one state row each."""
+    table = "CREATE TABLE {name} (id INTEGER NOT NULL PRIMARY KEY, region VARCHAR(8) NOT NULL)"
+    execute(etl_url, table.format(name="src"), table.format(name="dst"))
+    values = [{"id": n, "region": ("eu", "us", "apac")[n % 3]} for n in range(1, 31)]
+    execute(etl_url, "INSERT INTO src VALUES (:id, :region)", params=values)
+    definition = {
+        "name": "parts",
+        "connections": {"db": {"url": etl_url}},
+        "tasks": [
+            {
+                "id": "copy",
+                "foreach": ["eu", "us"],
+                "copy": {
+                    "source": {
+                        "connection": "db",
+                        "query": "SELECT id, region FROM src WHERE region = :item",
+                        "key": ["id"],
+                    },
+                    "destination": {"connection": "db", "table": "dst"},
+                    "batch_size": 3,
+                },
+            }
+        ],
+    }
+    result = run_package(
+        RunRequest(parse_package(definition), "r1"), ExecutionOptions(store=InMemoryCheckpointStore())
+    )
+    assert result.state is RunState.SUCCEEDED, result.error
+    assert rows(etl_url, "SELECT region, COUNT(*) FROM dst GROUP BY region ORDER BY region") == [
+        ("eu", 10),
+        ("us", 10),
+    ]
+    assert rows(etl_url, "SELECT item, rows_copied FROM orchestrator_copy_state ORDER BY item") == [
+        ("eu", 10),
+        ("us", 10),
+    ]
