@@ -78,8 +78,8 @@ class ExecutionHooks:
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         """A foreach's items are known: ``items`` in all, ``finished`` of them by an earlier attempt."""
 
-    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
-        """How far a running task got, in small JSON (a copy: ``rows``, ``rows_per_second``)."""
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        """How far a running copy got: ``rows`` committed, ``rows_per_second`` (``done`` at its end)."""
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         """A record is durable. ``reason``: start (the claiming snapshot), task, item, progress or
@@ -123,8 +123,8 @@ class SerialHooks(ExecutionHooks):
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         self._call(self.hooks.foreach_started, task_id, items, finished)
 
-    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
-        self._call(self.hooks.task_progress, task_id, item, detail)
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        self._call(self.hooks.copy_progress, task_id, item, detail)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         self._call(self.hooks.checkpoint_saved, size, seconds, reason)

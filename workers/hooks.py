@@ -38,9 +38,9 @@ class AllHooks(ExecutionHooks):
         for hooks in self.hooks:
             hooks.foreach_started(task_id, items, finished)
 
-    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
         for hooks in self.hooks:
-            hooks.task_progress(task_id, item, detail)
+            hooks.copy_progress(task_id, item, detail)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         for hooks in self.hooks:

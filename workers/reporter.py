@@ -84,9 +84,9 @@ class AttemptReporter(ExecutionHooks):
         change = TaskChange(task_id, state=state.value, seconds=seconds, error=error)
         self._add("event", kind, detail, (change,))
 
-    def task_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
         where = {"task": task_id} if item is None else {"task": task_id, "item": item}
-        self._add("event", "progress", {**where, **detail}, ())
+        self._add("event", "copy_progress", {**where, **detail}, ())
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         if reason in ("task", "item"):

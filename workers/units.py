@@ -195,7 +195,7 @@ class UnitRunner:
         except TemplateError as exc:
             raise TaskError(f"params: {exc}") from exc
         if task.python is None:  # a sql or copy task (workers.etl)
-            report = functools.partial(self.host.hooks.task_progress, task.id, ctx.item)
+            report = functools.partial(self.host.hooks.copy_progress, task.id, ctx.item)
             function = etl_function(task, self.host.package, options.allowed_modules, report)
         else:
             function = resolve_callable(task.python, options.allowed_modules)

@@ -459,12 +459,12 @@ class Repository:
             return rows
 
     def task_progress(self, run_id: str, recent: int = 200) -> dict[str, dict[str, Any]]:
-        """The latest ``progress`` event of each task (or foreach item) of a run, by label
+        """The latest ``copy_progress`` event of each task (or foreach item) of a run, by label
         (``task`` or ``task[item]``): a copy's rows and rate. Only the ``recent`` newest are read."""
         with self.sessions() as session:
             details = session.execute(
                 select(Event.detail)
-                .where(Event.run_id == run_id, Event.kind == "progress")
+                .where(Event.run_id == run_id, Event.kind == "copy_progress")
                 .order_by(Event.id.desc())
                 .limit(recent)
             ).scalars()
