@@ -283,3 +283,33 @@ def test_a_new_run_under_the_same_run_id_copies_again(etl_url: str) -> None:
     output = copy_with(pkg, epoch=2)
     assert output["rows"] == 12 and output["rows_this_attempt"] == 12
     same_rows(etl_url)
+
+
+@pytest.mark.parametrize("amount", ["NUMERIC(12, 2)", "NUMERIC(14, 4)"])
+def test_postgresql_fast_path_binary_or_text(tmp_path: Path, amount: str) -> None:
+    """PostgreSQL to PostgreSQL streams COPY out into COPY in: binary when the column types match,
+    text (the server converts) when they differ."""
+    from sqlalchemy import create_engine
+
+    from workers.etl.pgcopy import copy_format
+    from workers.etl.source import open_source, reflect
+
+    with database("postgresql", tmp_path) as url:
+        execute(
+            url,
+            ORDERS.format(name="orders"),
+            ORDERS.format(name="orders_copy").replace("NUMERIC(12, 2)", amount),
+        )
+        execute(url, "INSERT INTO orders SELECT g, 'c' || g, g / 4.0 FROM generate_series(1, 1001) g")
+        engine = create_engine(url)
+        with engine.connect() as reading, engine.connect() as writing:
+            pkg = package(url, url, orders_copy(100))
+            spec = pkg.task("copy").copy_
+            assert spec is not None
+            source, table = open_source(reading, spec.source, "src", None)
+            form = copy_format(reading, writing, source, table, reflect(writing, "orders_copy", "dst"))
+        engine.dispose()
+        assert form == ("BINARY" if amount == "NUMERIC(12, 2)" else "TEXT")
+        output = copy_with(pkg)
+        assert output["rows"] == 1001 and output["batches"] == 11
+        same_rows(url)

@@ -25,6 +25,7 @@ from orchestrator.packages.model import item_key
 from workers.context import TaskContext
 from workers.errors import TaskCancelled
 from workers.etl.connections import Connections, EtlError
+from workers.etl.pgcopy import copy_format, stream
 from workers.etl.source import Source, check_unique_key, open_source, reflect
 from workers.etl.state import CopyState, advance, claim, ensure_table
 from workers.etl.values import decode_key, encode_key
@@ -66,11 +67,16 @@ class _Copy:
             self.database(source_name, "reading the source"),
             self.connections.engine(source_name).connect() as reading,
         ):
-            source = self.open(reading, destination)
+            source, table = self.open(reading, destination)
             state = self.start(reading, source)
             resumed_rows = state.rows
             if state.upper is not None:
-                state = self.batches(reading, source, destination, state)
+                with self.connections.engine(destination_name).connect() as probe:
+                    form = None if self.transform else copy_format(reading, probe, source, table, destination)
+                if form is not None:
+                    state = self.streamed(reading, source, destination, state, form)
+                else:
+                    state = self.batches(reading, source, destination, state)
         seconds = time.monotonic() - started
         copied = state.rows - resumed_rows
         rate = round(copied / seconds, 1) if seconds > 0 else None
@@ -83,7 +89,7 @@ class _Copy:
             "rows_per_second": rate,
         }
 
-    def open(self, reading: Connection, destination: Table) -> Source:
+    def open(self, reading: Connection, destination: Table) -> tuple[Source, Table | None]:
         spec = self.spec.source
         source, table = open_source(reading, spec, spec.connection, self.ctx.item)
         if self.transform is None:
@@ -93,7 +99,7 @@ class _Copy:
         nullable = table is None or any(table.c[k].nullable for k in spec.key)
         if nullable and source.has_null_key(reading):
             raise EtlError(f"the source has NULLs in key column(s) {spec.key}: a key must be NOT NULL")
-        return source
+        return source, table
 
     def start(self, reading: Connection, source: Source) -> CopyState:
         """Claim the copy's state for this epoch: its cursor, or a new state with a frozen upper bound.
@@ -148,6 +154,42 @@ class _Copy:
             self.save(state)
             self.progress(state, resumed_rows, started)
             if len(rows) < size:
+                return state
+            cursor = last
+
+    def streamed(
+        self, reading: Connection, source: Source, destination: Table, state: CopyState, form: str
+    ) -> CopyState:
+        """The PostgreSQL fast path (:mod:`workers.etl.pgcopy`): the same batches, fence and cursor."""
+        started, resumed_rows = time.monotonic(), state.rows
+        upper = decode_key(state.upper)
+        assert upper is not None
+        cursor = decode_key(state.cursor)
+        size = self.spec.batch_size
+        engine = self.connections.engine(self.spec.destination.connection)
+        while True:
+            if self.ctx.cancelled:
+                raise TaskCancelled(f"copy {self.ctx.task_id!r} stopped: its attempt was cancelled")
+            end = source.batch_end(reading, cursor, upper, size)
+            expected = size if end is not None else source.remaining(reading, cursor, upper)
+            if expected == 0:
+                return state
+            last = end if end is not None else tuple(upper)
+            with (
+                self.database(self.spec.destination.connection, "writing a batch"),
+                engine.begin() as writing,
+            ):
+                state = advance(writing, state, expected, encode_key(last))
+                copied = stream(reading, writing, source, destination, (cursor, last), form)
+                if copied != expected:  # the source changed under the copy: roll the batch back
+                    raise EtlError(
+                        f"batch {state.batches}: {copied} rows read where {expected} were counted "
+                        "(the source changed during the copy)"
+                    )
+            self.counted(copied)
+            self.save(state)
+            self.progress(state, resumed_rows, started)
+            if end is None:
                 return state
             cursor = last
 

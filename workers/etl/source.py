@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     and_,
     column,
+    func,
     inspect,
     literal,
     or_,
@@ -68,17 +69,33 @@ class Source:
         query = select(literal(1)).select_from(self.origin).where(or_(*(k.is_(None) for k in self.key)))
         return connection.execute(query.limit(1), self.params).first() is not None
 
-    def page(self, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int) -> Select[Any]:
+    def page(self, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int | None) -> Select[Any]:
         """The rows after ``cursor`` up to ``upper`` in key order, at most ``size`` of them."""
+        query = (
+            select(*(self.origin.c[name] for name in self.columns))
+            .where(self.bounds(cursor, upper))
+            .order_by(*self.key)
+        )
+        return query if size is None else query.limit(size)
+
+    def bounds(self, cursor: Sequence[Any] | None, upper: Sequence[Any]) -> ColumnElement[bool]:
+        """``key > cursor AND key <= upper`` (a row comparison for a composite key)."""
         bounds = [_compare(self.key, upper, "<=")]
         if cursor is not None:
             bounds.append(_compare(self.key, cursor, ">"))
-        return (
-            select(*(self.origin.c[name] for name in self.columns))
-            .where(and_(*bounds))
-            .order_by(*self.key)
-            .limit(size)
-        )
+        return and_(*bounds)
+
+    def batch_end(
+        self, connection: Connection, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int
+    ) -> tuple[Any, ...] | None:
+        """The key of the ``size``-th row after ``cursor``; ``None`` when fewer rows are left."""
+        query = select(*self.key).select_from(self.origin).where(self.bounds(cursor, upper))
+        row = connection.execute(query.order_by(*self.key).offset(size - 1).limit(1), self.params).first()
+        return None if row is None else tuple(row)
+
+    def remaining(self, connection: Connection, cursor: Sequence[Any] | None, upper: Sequence[Any]) -> int:
+        query = select(func.count()).select_from(self.origin).where(self.bounds(cursor, upper))
+        return int(connection.execute(query, self.params).scalar_one())
 
     def fetch(
         self, connection: Connection, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int
