@@ -115,3 +115,20 @@ def sleepy(ctx: TaskContext) -> None:
     while time.monotonic() < deadline and not ctx.cancelled:
         time.sleep(0.01)  # poll interval; bounded by the deadline
     record(ctx, "end", cancelled=ctx.cancelled)
+
+
+def chatter(ctx: TaskContext) -> dict[str, Any]:
+    """Log ``lines`` numbered lines through ``ctx.log`` (then the ``password`` variable, if the
+    package declares it, and ``say``), record ``logged``, then hold like :func:`step` while ``hold``
+    is missing."""
+    lines = int(ctx.params.get("lines", 3))
+    for n in range(1, lines + 1):
+        ctx.log.info("line %d of %s", n, ctx.task_id if ctx.item is None else ctx.item)
+    if "password" in ctx.vars:
+        ctx.log.warning("connecting with password %s", ctx.vars["password"])
+    if "say" in ctx.params:
+        ctx.log.info("%s", ctx.params["say"])
+    record(ctx, "logged")
+    if "hold" in ctx.params:
+        wait_for_file(ctx.params["hold"])
+    return {"lines": lines}
