@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.cluster",
     "tests.support.seaweed",
+    "tests.support.etl",
 ]

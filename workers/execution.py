@@ -78,6 +78,9 @@ class ExecutionHooks:
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         """A foreach's items are known: ``items`` in all, ``finished`` of them by an earlier attempt."""
 
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        """How far a running copy got: ``rows`` committed, ``rows_per_second`` (``done`` at its end)."""
+
     def task_log(
         self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
     ) -> None:
@@ -127,6 +130,9 @@ class SerialHooks(ExecutionHooks):
 
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         self._call(self.hooks.foreach_started, task_id, items, finished)
+
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        self._call(self.hooks.copy_progress, task_id, item, detail)
 
     def task_log(
         self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str

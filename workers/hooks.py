@@ -6,6 +6,8 @@ Both are safe to call from several threads (units of an attempt run in threads):
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.observability.metrics import bounded, metrics
 from orchestrator.packages.model import ForeachItem
 from orchestrator.state.states import TaskState
@@ -35,6 +37,10 @@ class AllHooks(ExecutionHooks):
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         for hooks in self.hooks:
             hooks.foreach_started(task_id, items, finished)
+
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        for hooks in self.hooks:
+            hooks.copy_progress(task_id, item, detail)
 
     def task_log(
         self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str

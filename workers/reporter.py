@@ -87,6 +87,10 @@ class AttemptReporter(ExecutionHooks):
         change = TaskChange(task_id, state=state.value, seconds=seconds, error=error)
         self._add("event", kind, detail, (change,))
 
+    def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
+        where = {"task": task_id} if item is None else {"task": task_id, "item": item}
+        self._add("event", "copy_progress", {**where, **detail}, ())
+
     def task_log(
         self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
     ) -> None:

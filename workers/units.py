@@ -12,6 +12,7 @@ test's simulated crash) also stops it and is re-raised by :func:`~workers.execut
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from orchestrator.packages.templating import TemplateError, render
 from orchestrator.state.states import TaskState
 from workers.context import Flag, Progress, TaskContext, TaskLogger, TaskVariables, read_only
 from workers.errors import RunInterrupted, TaskCancelled, TaskError, VariableConflict
+from workers.etl.task import etl_function
 from workers.execution import ExecutionOptions, RunRequest, SerialHooks
 from workers.invoke import call_python, checked_output, resolve_callable, run_shell, shell_command
 from workers.plan import Unit
@@ -193,11 +195,14 @@ class UnitRunner:
                     raise TaskError(f"shell task {task.id!r} refused: ORCHESTRATOR_ALLOW_SHELL is false")
                 command = shell_command(task, ctx.vars, ctx.outputs)
                 return run_shell(command, ctx, stopped, task.timeout, self.host.masker)
-            assert task.python is not None
             ctx.params = render(task.params, ctx.vars, ctx.outputs)
         except TemplateError as exc:
             raise TaskError(f"params: {exc}") from exc
-        function = resolve_callable(task.python, options.allowed_modules)
+        if task.python is None:  # a sql or copy task (workers.etl)
+            report = functools.partial(self.host.hooks.copy_progress, task.id, ctx.item)
+            function = etl_function(task, self.host.package, options.allowed_modules, report)
+        else:
+            function = resolve_callable(task.python, options.allowed_modules)
         return call_python(function, ctx, task_stop, task.timeout)
 
 

@@ -184,11 +184,21 @@ def _print_status(found: dict[str, Any]) -> None:
     table = Table(show_edge=False)
     table.add_column("task")
     table.add_column("state")
+    table.add_column("progress")
+    progress = found.get("progress", {})
     for task_id, state in found["tasks"].items():
-        table.add_row(task_id, state)
+        table.add_row(task_id, state, _progress_text(progress.get(task_id)))
     out.print(table)
     if found["error"]:
         out.print(f"[red]error[/]: {escape(found['error'])}")
+
+
+def _progress_text(detail: dict[str, Any] | None) -> str:
+    """A copy's progress: "12000 rows, 5400 rows/s"."""
+    if not detail or "rows" not in detail:
+        return ""
+    rate = detail.get("rows_per_second")
+    return f"{detail['rows']} rows" + (f", {rate:g} rows/s" if rate else "")
 
 
 @app.command()
@@ -349,10 +359,14 @@ def demo(
             "--store", help="Checkpoints in a directory, or in an embedded SeaweedFS bucket (the s3 extra)."
         ),
     ] = DemoStore.FILESYSTEM,
+    copy: Annotated[
+        bool, typer.Option("--copy", help="The ETL copy demo: a table copy resumes mid-flow, rows once.")
+    ] = False,
 ) -> None:
     """The showcase: a node dies mid-run and the package finishes on another node."""
-    from orchestrator.cli.demo import run_demo
+    from orchestrator.cli.demo import Demo, run_demo
+    from orchestrator.cli.democopy import CopyDemo
 
     with exit_codes():
-        report = run_demo(out, keep=keep, store=store.value)
+        report = run_demo(out, keep=keep, store=store.value, kind=CopyDemo if copy else Demo)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)

@@ -60,6 +60,7 @@ class DemoReport:
     distinct_rows: int = 0
     repeated: list[str] = field(default_factory=list)
     error: str | None = None
+    expected: int = ROWS
 
     @property
     def recovery_seconds(self) -> float | None:
@@ -72,13 +73,15 @@ class DemoReport:
         return (
             self.state == RunState.SUCCEEDED.value
             and self.resumed_node is not None
-            and self.rows == self.distinct_rows == ROWS
+            and self.rows == self.distinct_rows == self.expected
             and not self.repeated
         )
 
 
 class Demo:
     """Drives the scenario; :meth:`run` returns the report."""
+
+    title = "package orders_nightly"
 
     def __init__(
         self,
@@ -138,10 +141,7 @@ class Demo:
         return self.report
 
     def _scenario(self, services: Services, client: Client) -> None:
-        package = load_package(Path(str(resources.files("examples") / "orders_nightly.yaml")))
-        variables = {"rows": ROWS, "pace": PACE, "workdir": str(self.workdir / "example")}
-        self.report.run_id = client.submit(package, variables)
-        self.console.print(f"submitted [bold]{self.report.run_id}[/] ({ROWS} orders, three regions)")
+        self.report.run_id = self._submit(client)
         if self.cluster.ui_url:
             self.console.print(
                 f"watch it in the web UI: {self.cluster.ui_url}runs/{self.report.run_id} "
@@ -167,6 +167,13 @@ class Demo:
             else:
                 self.report.error = f"the run did not end within {TIMEOUT:g} s"
         self._check_warehouse()
+
+    def _submit(self, client: Client) -> str:
+        package = load_package(Path(str(resources.files("examples") / "orders_nightly.yaml")))
+        variables = {"rows": ROWS, "pace": PACE, "workdir": str(self.workdir / "example")}
+        run_id = client.submit(package, variables)
+        self.console.print(f"submitted [bold]{run_id}[/] ({ROWS} orders, three regions)")
+        return run_id
 
     def _status(self, client: Client) -> dict[str, Any] | None:
         try:
@@ -261,7 +268,7 @@ class Demo:
         )
         return Group(
             Panel(nodes, title="worker nodes"),
-            Panel(Group(header, tasks), title="package orders_nightly"),
+            Panel(Group(header, tasks), title=self.title),
             Panel(timeline or "-", title="events"),
         )
 
@@ -297,7 +304,9 @@ def print_summary(console: Console, report: DemoReport) -> None:
             f"(loss detected after {detected})",
         )
     table.add_row("tasks skipped on resume", f"{len(report.skipped)} ({', '.join(report.skipped) or '-'})")
-    table.add_row("rows loaded once", f"{report.distinct_rows} of {ROWS} (rows in the table: {report.rows})")
+    table.add_row(
+        "rows loaded once", f"{report.distinct_rows} of {report.expected} (rows in the table: {report.rows})"
+    )
     table.add_row("finished work repeated", ", ".join(report.repeated) or "none")
     console.print(table)
     if report.ok:
@@ -306,8 +315,12 @@ def print_summary(console: Console, report: DemoReport) -> None:
         console.print(f"[bold red]demo failed[/]: {escape(report.error or 'see the summary above')}")
 
 
-def run_demo(console: Console, *, keep: bool = False, store: str = "filesystem") -> DemoReport:
+def run_demo(
+    console: Console, *, keep: bool = False, store: str = "filesystem", kind: type[Demo] = Demo
+) -> DemoReport:
     """Run the demo in a fresh temporary directory (kept with ``keep`` for inspection).
+
+    ``kind``: the scenario (the ETL copy's is :class:`orchestrator.cli.democopy.CopyDemo`).
 
     With ``ORCHESTRATOR_BROKER_URL`` set, the cluster uses that broker; otherwise an
     embedded one, and :class:`~orchestrator.errors.NoBrokerServer` is raised before
@@ -326,7 +339,7 @@ def run_demo(console: Console, *, keep: bool = False, store: str = "filesystem")
             (workdir / "s3").mkdir()
             object_store = EmbeddedSeaweed(workdir / "s3")
             object_store.start()
-        report = Demo(console, workdir, broker_url, object_store).run()
+        report = kind(console, workdir, broker_url, object_store).run()
     except OrchestratorError as exc:
         report = DemoReport(error=str(exc))
     finally:

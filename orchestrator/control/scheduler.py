@@ -123,8 +123,9 @@ class Scheduler:
         for task in package.tasks:
             if task.shell is not None and not self.settings.allow_shell:
                 raise SubmissionRefused(f"task {task.id!r}: shell tasks are not allowed here")
-            if task.python is not None and roots:
-                module = task.python.partition(":")[0]
+            target = task.python or (task.copy_.transform if task.copy_ is not None else None)
+            if target is not None and roots:
+                module = target.partition(":")[0]
                 if not any(module == r or module.startswith(r + ".") for r in roots):
                     raise SubmissionRefused(
                         f"task {task.id!r}: module {module!r} is outside ORCHESTRATOR_TASK_MODULES"

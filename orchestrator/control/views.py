@@ -70,6 +70,7 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
         "max_restarts": run.max_restarts,
         "node": run.node,
         "tasks": tasks,
+        "progress": repository.task_progress(run_id),
         "error": run.error,
         "submitted_at": run.submitted_at.isoformat(),
         "started_at": iso(run.started_at),

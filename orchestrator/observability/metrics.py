@@ -57,6 +57,7 @@ class Metrics:
     schedule_runs: Counter
     schedule_lag: Histogram
     purged: Counter
+    copy_rows: Counter
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ def _create(registry: CollectorRegistry) -> Metrics:
             _LAG_BUCKETS,
         ),
         purged=counter("orchestrator_purged", "What the purge removed, by kind.", ("kind",)),
+        copy_rows=counter(
+            "orchestrator_copy_rows", "Rows written by copy tasks (committed batches).", ("package", "task")
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.packages.etl import Connection, ConnectionName, CopySpec, SqlSpec
 from orchestrator.packages.graph import graph_issues
 from orchestrator.packages.kinds import CheckpointUsage, VariableType
 from orchestrator.packages.templating import EXPRESSION
@@ -86,11 +87,17 @@ class CheckpointSettings(_Strict):
 
 
 class Task(_Strict):
-    """One unit of work: a Python callable (``module:function``) or a shell command."""
+    """One unit of work: a Python callable (``module:function``), a shell command, or an ETL
+    ``sql``/``copy`` task (:mod:`orchestrator.packages.etl`)."""
+
+    # "copy" would shadow BaseModel.copy: the field is ``copy_``, read and written as "copy".
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
 
     id: TaskId
     python: PythonTarget | None = None
     shell: str | None = None
+    sql: SqlSpec | None = None
+    copy_: CopySpec | None = Field(default=None, alias="copy")
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     retries: StrictInt = Field(default=0, ge=0, le=100)
@@ -105,14 +112,16 @@ class Task(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        if self.python is not None and self.shell is not None:
-            raise ValueError("a task has both 'python' and 'shell'; give exactly one")
-        if self.python is None and self.shell is None:
-            raise ValueError("a task needs 'python' (module:function) or 'shell' (a command)")
+        kinds = [k for k in ("python", "shell", "sql", "copy_") if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            given = " and ".join(repr(k.rstrip("_")) for k in kinds)
+            raise ValueError(f"a task has {'both ' if len(kinds) == 2 else ''}{given}; give exactly one")
+        if not kinds:
+            raise ValueError("a task needs 'python' (module:function), 'shell' (a command), 'sql' or 'copy'")
         if self.concurrency != 1 and self.foreach is None:
             raise ValueError("'concurrency' is how many foreach items run at once: it needs 'foreach'")
-        if self.writes and self.shell is not None:
-            raise ValueError("a shell task cannot assign variables: 'writes' is for python tasks")
+        if self.writes and self.python is None:
+            raise ValueError(f"a {self.kind} task cannot assign variables: 'writes' is for python tasks")
         if self.writes is not None and len(set(self.writes)) != len(self.writes):
             raise ValueError("'writes' names a variable twice")
         return self
@@ -137,7 +146,10 @@ class Task(_Strict):
 
     @property
     def kind(self) -> str:
-        return "python" if self.python is not None else "shell"
+        for kind in ("python", "shell", "sql"):
+            if getattr(self, kind) is not None:
+                return kind
+        return "copy"
 
 
 class Package(_Strict):
@@ -149,6 +161,7 @@ class Package(_Strict):
     max_restarts: StrictInt | None = Field(default=None, ge=0, le=1000)
     max_concurrency: StrictInt = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=1000)
     variables: dict[VariableName, Variable] = Field(default_factory=dict)
+    connections: dict[ConnectionName, Connection] = Field(default_factory=dict)
     tasks: list[Task] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -212,8 +225,8 @@ class Package(_Strict):
         return self.model_dump(mode="json", exclude_defaults=True)
 
 
-_LATER_PACKAGE_KEYS = {"max_concurrency": DEFAULT_MAX_CONCURRENCY}
-_LATER_TASK_KEYS = {"concurrency": 1, "writes": None}
+_LATER_PACKAGE_KEYS: dict[str, Any] = {"max_concurrency": DEFAULT_MAX_CONCURRENCY, "connections": {}}
+_LATER_TASK_KEYS = {"concurrency": 1, "writes": None, "sql": None, "copy": None}
 
 
 def _drop_defaults(definition: dict[str, Any], defaults: Mapping[str, Any]) -> None:

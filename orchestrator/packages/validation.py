@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from orchestrator.errors import Issue, PackageInvalid
+from orchestrator.packages.etl import Connection, CopySpec, SqlSpec, etl_issues
 from orchestrator.packages.graph import graph_issues, suggestion
 from orchestrator.packages.model import CheckpointSettings, Package, Task, Variable
 
@@ -134,9 +135,22 @@ def _known_keys(path: list[str | int], data: Any) -> list[str]:
         "tasks": Task,
         "variables": Variable,
         "checkpoint": CheckpointSettings,
+        "connections": Connection,
     }
     model = models.get(str(path[0]))
-    return list(model.model_fields) if model is not None else []
+    if model is Task and len(path) > 3 and path[2] in ("sql", "copy"):
+        model = _etl_model(path[2:-1])
+    return [f.alias or n for n, f in model.model_fields.items()] if model is not None else []
+
+
+def _etl_model(path: list[str | int]) -> type[BaseModel] | None:
+    """The model of an ETL task's nested mapping (``copy.source``...), for "did you mean"."""
+    model: type[BaseModel] | None = SqlSpec if path[0] == "sql" else CopySpec
+    for part in path[1:]:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = getattr(field, "annotation", None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
 
 
 def field_issues(exc: ValidationError, data: Any) -> list[Issue]:
@@ -183,6 +197,7 @@ def parse_package(data: Any, *, source: str = "package") -> Package:
     except ValidationError as exc:
         issues.extend(field_issues(exc, data))
     issues.extend(graph_issues(data))
+    issues.extend(etl_issues(data))
     if issues or package is None:
         raise PackageInvalid(issues, source=source)
     return package

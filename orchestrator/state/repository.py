@@ -458,6 +458,22 @@ class Repository:
             session.expunge_all()
             return rows
 
+    def task_progress(self, run_id: str, recent: int = 200) -> dict[str, dict[str, Any]]:
+        """The latest ``copy_progress`` event of each task (or foreach item) of a run, by label
+        (``task`` or ``task[item]``): a copy's rows and rate. Only the ``recent`` newest are read."""
+        with self.sessions() as session:
+            details = session.execute(
+                select(Event.detail)
+                .where(Event.run_id == run_id, Event.kind == "copy_progress")
+                .order_by(Event.id.desc())
+                .limit(recent)
+            ).scalars()
+            latest: dict[str, dict[str, Any]] = {}
+            for detail in details:
+                label = str(detail.get("task")) + (f"[{detail['item']}]" if "item" in detail else "")
+                latest.setdefault(label, {k: v for k, v in detail.items() if k not in ("task", "item")})
+            return latest
+
     def nodes(self) -> list[Node]:
         with self.sessions() as session:
             rows = list(session.execute(select(Node).order_by(Node.name)).scalars())

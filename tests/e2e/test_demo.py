@@ -43,3 +43,18 @@ def test_demo_on_an_embedded_s3_store(tmp_path: Path) -> None:
     assert "rows loaded once        │ 6000 of 6000" in out
     assert "finished work repeated  │ none" in out
     assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"
+
+
+@pytest.mark.timeout(150)
+def test_copy_demo_ends_with_every_row_once(tmp_path: Path) -> None:
+    """``demo --copy``: the node running the table copy is killed mid-copy; every row lands once."""
+    env = {"ORCHESTRATOR_BROKER_URL": "", "ORCHESTRATOR_DATABASE_URL": ""}
+    started = time.monotonic()
+    result = run_cli("demo", "--copy", cwd=tmp_path, env=env, timeout=140)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert elapsed < 90, f"the copy demo took {elapsed:.0f} s"
+    out = result.stdout
+    assert "rows copied and committed so far" in out and "killed node-" in out
+    assert "rows loaded once        │ 40000 of 40000 (rows in the table: 40000)" in out
+    assert "the package survived the loss of its node" in out

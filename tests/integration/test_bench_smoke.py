@@ -20,7 +20,7 @@ from tests.support.cli import ROOT, cli_env
 
 pytestmark = pytest.mark.timeout(120)
 
-SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui", "s3"]
+SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui", "s3", "copy"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

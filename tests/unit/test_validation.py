@@ -173,7 +173,7 @@ SINGLE_ERRORS: list[tuple[str, Callable[[dict[str, Any]], object], Issue]] = [
     (
         "task with neither python nor shell",
         lambda d: d["tasks"][0].pop("python"),
-        Issue("tasks[0]", "a task needs 'python' (module:function) or 'shell' (a command)"),
+        Issue("tasks[0]", "a task needs 'python' (module:function), 'shell' (a command), 'sql' or 'copy'"),
     ),
     (
         "bad python target",
