@@ -121,6 +121,9 @@ class TaskContext:
     idempotency_key: str
     log: logging.LoggerAdapter[logging.Logger]
     _cancelled: Flag = field(repr=False)
+    event: Mapping[str, Any] | None = None
+    """In an event handler: ``{task, item, error, attempt}`` (on_error) or
+    ``{state, error, attempt}`` (on_success, on_finish); else None."""
 
     @property
     def cancelled(self) -> bool:

@@ -44,6 +44,7 @@ class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    handlers: dict[str, TaskState] = field(default_factory=dict)  # ``<job>:<handler id>`` -> its state
     resumed: bool = False
     checkpoint_kept: bool = False
 

@@ -15,6 +15,10 @@ worker node calls for one attempt of a run. It
   (:mod:`workers.commit`), and a new snapshot when the journal outgrows it;
 * retries failed units, enforces timeouts, records non-fatal failures and
   lets independent branches go on when one branch fails;
+* follows precedence constraints and conditions (success, failure, completion;
+  ``depends_on_mode``; ``when``), records skipped tasks and failures handled by a
+  failure constraint, and runs event handlers (:mod:`workers.handlers`), each
+  recorded once it ended (docs/control-flow.md);
 * deletes the checkpoint when the run succeeded (unless told to keep it).
 
 The rule for variables written by units that run at the same time is in
@@ -45,6 +49,8 @@ from checkpoints import (
 from checkpoints.format import utcnow
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.masking import Masker
+from orchestrator.packages.conditions import ConditionError, evaluate
+from orchestrator.packages.flow import Outcome
 from orchestrator.packages.kinds import CheckpointUsage
 from orchestrator.packages.model import ForeachItem, Task, item_key
 from orchestrator.packages.templating import TemplateError, render
@@ -60,7 +66,8 @@ from workers.errors import (
     VariableConflict,
 )
 from workers.execution import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, SerialHooks
-from workers.plan import Plan, Unit, task_of
+from workers.handlers import HandlerRunner
+from workers.plan import HandlerJob, Plan, Unit, task_of
 from workers.units import UnitRunner, describe
 
 __all__ = ["ExecutionHooks", "ExecutionOptions", "RunRequest", "RunResult", "execute"]
@@ -133,6 +140,10 @@ class _Run:
         self.over = threading.Event()  # set when the run is over or interrupted: the main thread waits on it
         self.context = contextvars.copy_context()
         self.units = UnitRunner(self)
+        self.handler_runner = HandlerRunner(self, self.units)
+        self.handler_states: dict[str, TaskState] = {}
+        self.queued: set[str] = set()  # on_error jobs queued by this attempt
+        self.final_stage = 0  # on_success, then on_finish: queued once the graph is over
 
     # -- start ---------------------------------------------------------------
 
@@ -146,7 +157,9 @@ class _Run:
         missing_required(self.package, self.variables)
         self.masker = Masker(v for n, v in self.variables.items() if n in self.sensitive)
         finished_items = {task: list(done) for task, done in self.state.items.items()}
-        self.plan = Plan(self.package, set(self.state.tasks), finished_items)
+        recorded = {task_id: Outcome(record.state) for task_id, record in self.state.tasks.items()}
+        self.plan = Plan(self.package, set(self.state.tasks), finished_items, recorded)
+        self._requeue_events()
         self._open()  # the first write carries the new epoch: older attempts are fenced from here
 
     def _load(self) -> Checkpoint | None:
@@ -182,6 +195,7 @@ class _Run:
         self.state = checkpoint
         for task_id, record in checkpoint.tasks.items():
             self.states[task_id] = TaskState(record.state)
+        self.handler_states = {key: TaskState(record.state) for key, record in checkpoint.handlers.items()}
         self.skipped = [t.id for t in self.package.tasks if t.id in checkpoint.tasks]
 
     def _open(self) -> None:
@@ -245,8 +259,8 @@ class _Run:
         try:
             with self.lock:
                 self._expand()
-                self._wake()
                 self._check_over()
+                self._wake()
             while not self.over.wait(POLL):
                 with self.lock:
                     self._watch()
@@ -259,6 +273,8 @@ class _Run:
     def _check_over(self) -> bool:
         """If nothing runs and nothing can start any more, say so to everyone (under the lock)."""
         if not self.plan.over():
+            return False
+        if self._queue_final():
             return False
         self.over.set()
         self.lock.notify_all()  # idle workers leave
@@ -299,6 +315,7 @@ class _Run:
                 outputs={k: r.output for k, r in self.state.tasks.items()},
                 variables=public,
                 skipped=list(self.skipped),
+                handlers=dict(self.handler_states),
                 resumed=self.resumed,
             )
 
@@ -324,7 +341,10 @@ class _Run:
     def _work(self) -> None:
         try:
             while (unit := self._next_unit()) is not None:
-                self.units.execute(unit)
+                if isinstance(unit, HandlerJob):
+                    self.handler_runner.run(unit)
+                else:
+                    self.units.execute(unit)
         except BaseException as exc:  # a defect here must stop the run, not leave it waiting
             self.interrupt(exc)
             raise
@@ -332,18 +352,21 @@ class _Run:
             with self.lock:
                 self.workers -= 1
 
-    def _next_unit(self) -> Unit | None:
+    def _next_unit(self) -> Unit | HandlerJob | None:
         with self.lock:
             while self.interrupted is None and not self.stop.is_set():
                 self._expand()
                 unit = self.plan.take()
-                if unit is not None:
+                if isinstance(unit, Unit):
                     self.states[unit.task.id] = TaskState.RUNNING
                     self.started.setdefault(unit.task.id, time.monotonic())
+                if unit is not None:
                     self._wake()
                     return unit
                 if self._check_over():
                     return None
+                if self.plan.available():  # the end's handlers were just queued
+                    continue
                 self.idle += 1
                 try:
                     self.lock.wait()
@@ -352,7 +375,8 @@ class _Run:
             return None
 
     def _expand(self) -> None:
-        """List the items of every foreach that became ready (under the lock)."""
+        """Settle what was decided, then list the items of each foreach that became ready (under the lock)."""
+        self._settle()
         while tasks := self.plan.expansions():
             task = tasks[0]
             try:
@@ -383,7 +407,8 @@ class _Run:
     # -- what the units report (called by workers.units) --------------------------------
 
     def outputs(self) -> dict[str, Any]:
-        return {task_id: record.output for task_id, record in self.state.tasks.items()}
+        """The outputs of the tasks that succeeded (a skipped or failed task has none)."""
+        return {t: record.output for t, record in self.state.tasks.items() if record.state == "succeeded"}
 
     def unit_succeeded(self, unit: Unit, output: Any, writes: dict[str, Any], seconds: float) -> None:
         """Record a unit's success and its variable writes, in one record; report it once durable.
@@ -430,6 +455,7 @@ class _Run:
                 self.task_failed(unit.task, exc, seconds)
             else:
                 self.item_errors.setdefault(unit.task.id, exc)
+                self._on_error(unit.task.id, unit.item, self.masker(describe(exc)))
                 if last:
                     self._foreach_failed(unit.task)
             self._wake(spare=1)
@@ -475,23 +501,131 @@ class _Run:
             "writers": dict.fromkeys(writes, unit.label),
         }
 
-    def task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
-        """The task failed (under the lock): the package fails, or the failure is recorded."""
+    def task_failed(self, task: Task, exc: Exception, seconds: float, *, event: bool = True) -> None:
+        """The task failed (under the lock): its on_error event first (recorded before the failure,
+        so a crash between the two cannot lose it), then the package fails, or the failure is
+        recorded (``fail_package_on_failure: false``, or a failure constraint handles it)."""
         error = self.masker(f"task {task.id!r} failed: {describe(exc)}")
         self.states[task.id] = TaskState.FAILED
         if task.foreach is not None:
             self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, error)
-        if task.fail_package_on_failure:
+        if event:
+            self._on_error(task.id, None, self.masker(describe(exc)))
+        if self.plan.fails_package(task):
             self.failures.append(error)
-            for blocked in self.plan.task_failed(task.id):
-                self.states[blocked] = TaskState.UPSTREAM_FAILED
+            self.plan.task_failed(task.id, recorded=False)
             return
-        log.warning("%s (fail_package_on_failure is false: the package goes on)", error)
-        change = Change(tasks={task.id: TaskRecord(state="failed", error=error)})
-        self._commit([change], [], finished=task)
+        why = (
+            "handled by a failure constraint"
+            if task.fail_package_on_failure
+            else "fail_package_on_failure is false"
+        )
+        log.warning("%s (%s: the package goes on)", error, why)
+        self._commit([Change(tasks={task.id: TaskRecord(state="failed", error=error)})], [])
+        self.plan.task_failed(task.id, recorded=True)
 
     def _foreach_failed(self, task: Task) -> None:
-        self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task))
+        self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task), event=False)
+
+    # -- control flow: skipped tasks, conditions, event handlers (docs/control-flow.md) ------
+
+    def _settle(self) -> None:
+        """Record what the plan decided not to run; evaluate the conditions it asks for (under the lock)."""
+        while True:
+            for task_id, final in self.plan.drain_skipped():
+                self._skip(self.package.task(task_id), final)
+            gated = self.plan.conditions()
+            if not gated:
+                return
+            for task in gated:
+                self._gate(task)
+
+    def _skip(self, task: Task, final: bool) -> None:
+        if not final:  # blocked by a failure that a resumed run retries
+            self.states[task.id] = TaskState.UPSTREAM_FAILED
+            return
+        self.states[task.id] = TaskState.SKIPPED
+        change = Change(tasks={task.id: TaskRecord(state="skipped")})
+        self._commit([change], [_Report(Unit(task), TaskState.SKIPPED, 0.0)])
+
+    def _gate(self, task: Task) -> None:
+        assert task.when is not None
+        try:
+            run = evaluate(task.when, self.variables, self.outputs())
+        except ConditionError as exc:
+            self.plan.reject(task.id)
+            self.task_failed(task, TaskError(f"when: {exc}"), 0.0)
+            return
+        self.plan.admit(task.id, run)
+
+    def _on_error(self, task_id: str, item: ForeachItem | None, error: str) -> None:
+        """Queue the on_error handlers for a failed task or item, once per run (under the lock)."""
+        if not self.package.on_error:
+            return
+        key = "on_error:" + (task_id if item is None else f"{task_id}[{item_key(item)}]")
+        if key in self.queued:
+            return
+        self.queued.add(key)
+        event = self.state.events.get(key)
+        if event is None:
+            event = {"task": task_id, "item": item, "error": error, "attempt": self.request.attempt}
+            self._commit([Change(events={key: event})], [])
+        self.plan.add_job(HandlerJob("on_error", key, dict(event), tuple(self.package.on_error)))
+        self._wake()
+
+    def _requeue_events(self) -> None:
+        """Queue the on_error jobs of recorded events whose handlers did not all end (a resumed run)."""
+        for key, event in self.state.events.items():
+            if not key.startswith("on_error:"):
+                continue
+            self.queued.add(key)
+            if any(f"{key}:{h.id}" not in self.state.handlers for h in self.package.on_error):
+                self.plan.add_job(HandlerJob("on_error", key, dict(event), tuple(self.package.on_error)))
+
+    def _queue_final(self) -> bool:
+        """The graph is over: queue on_success (if nothing failed the run), then on_finish."""
+        sections = ("on_success", "on_finish")
+        while self.interrupted is None and self.final_stage < len(sections):
+            section = sections[self.final_stage]
+            self.final_stage += 1
+            handlers = self.package.handlers(section)
+            if not handlers or (section == "on_success" and self.failures):
+                continue
+            event = {
+                "state": (RunState.FAILED if self.failures else RunState.SUCCEEDED).value,
+                "error": "; ".join(self.failures) or None,
+                "attempt": self.request.attempt,
+            }
+            self.plan.add_job(HandlerJob(section, section, event, tuple(handlers)))
+            return True
+        return False
+
+    def handler_ended(self, key: str, task: Task, record: TaskRecord, seconds: float) -> None:
+        """A handler succeeded or was skipped: record it; report it once durable."""
+        state = TaskState(record.state)
+        with self.lock:
+            ticket = self._submit([Change(handlers={key: record})])
+        self._durable(ticket, [])
+        with self.lock:
+            self.handler_states[key] = state
+            self.hooks.task_finished(task.id, None, state, seconds, None)
+
+    def handler_failed(self, key: str, task: Task, error: str, seconds: float) -> None:
+        """A handler failed (retries spent): the run fails, or the failure is recorded."""
+        message = f"handler {key!r} failed: {error}"
+        with self.lock:
+            self.handler_states[key] = TaskState.FAILED
+            self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, message)
+            if task.fail_package_on_failure:
+                self.failures.append(message)
+                return
+            log.warning("%s (fail_package_on_failure is false: the package goes on)", message)
+            self._commit([Change(handlers={key: TaskRecord(state="failed", error=message)})], [])
+
+    def job_ended(self, job: HandlerJob) -> None:
+        with self.lock:
+            self.plan.ended(job)
+            self._wake(spare=1)
 
     def _task_done(self, task: Task) -> list[Change]:
         """The record of a foreach that finished: its output is every item's, in item order."""
@@ -510,12 +644,10 @@ class _Run:
             apply(self.state, change)
         return self.commits.submit(changes) if self.commits is not None else None
 
-    def _commit(self, changes: list[Change], reports: list[_Report], finished: Task | None = None) -> None:
-        """Submit and wait, under the lock (rare paths: failures recorded, empty foreach)."""
+    def _commit(self, changes: list[Change], reports: list[_Report]) -> None:
+        """Submit and wait, under the lock (rare paths: failures recorded, skips, events, empty foreach)."""
         ticket = self._submit(changes)
         self._durable(ticket, reports)
-        if finished is not None:
-            self.plan.task_finished(finished.id)
 
     def _durable(self, ticket: Ticket | None, reports: list[_Report], reason: str = "") -> None:
         """Wait until ``ticket`` is durable, then report; release what finished; compact if due."""

@@ -73,7 +73,7 @@ class MetricsHooks(ExecutionHooks):
         task = bounded("task", f"{self.package}/{task_id}").partition("/")[2] or "other"
         if state is TaskState.FAILED:
             self.m.task_failures.labels(package=self.package, task=task).inc()
-        else:
+        elif state is TaskState.SUCCEEDED:
             self.m.task_duration.labels(package=self.package, task=task).observe(seconds)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
