@@ -608,14 +608,14 @@ class _Run:
         self._durable(ticket, [])
         with self.lock:
             self.handler_states[key] = state
-            self.hooks.task_finished(task.id, None, state, seconds, None)
+            self.hooks.handler_finished(key, task.id, state, seconds, None)
 
     def handler_failed(self, key: str, task: Task, error: str, seconds: float) -> None:
         """A handler failed (retries spent): the run fails, or the failure is recorded."""
         message = f"handler {key!r} failed: {error}"
         with self.lock:
             self.handler_states[key] = TaskState.FAILED
-            self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, message)
+            self.hooks.handler_finished(key, task.id, TaskState.FAILED, seconds, message)
             if task.fail_package_on_failure:
                 self.failures.append(message)
                 return

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, StringConstraints, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, StringConstraints, Tag, model_validator
 
 TaskId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,64}$")]
 
@@ -65,6 +65,14 @@ class Constraint(BaseModel):
 
     task: TaskId
     on: On = On.SUCCESS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the key `on` as the boolean true: take it back as "on".
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
 
 
 def _entry_kind(value: Any) -> str:

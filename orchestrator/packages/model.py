@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from orchestrator.packages.flow import Constraint, DependsMode, DependsOnEntry, constraint_of
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.packages.graph import graph_issues
 from orchestrator.packages.kinds import CheckpointUsage, VariableType
 from orchestrator.packages.templating import EXPRESSION
@@ -242,9 +243,6 @@ _LATER_PACKAGE_KEYS: dict[str, Any] = {
     "on_finish": [],
 }
 _LATER_TASK_KEYS: dict[str, Any] = {"concurrency": 1, "writes": None, "depends_on_mode": "all", "when": None}
-
-
-HANDLER_SECTIONS = ("on_error", "on_success", "on_finish")
 
 
 def _drop_defaults(definition: dict[str, Any], defaults: Mapping[str, Any]) -> None:
