@@ -32,6 +32,12 @@ class AllHooks(ExecutionHooks):
         for hooks in self.hooks:
             hooks.task_finished(task_id, item, state, seconds, error)
 
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        for hooks in self.hooks:
+            hooks.handler_finished(key, handler, state, seconds, error)
+
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         for hooks in self.hooks:
             hooks.foreach_started(task_id, items, finished)

@@ -95,18 +95,15 @@ class AttemptReporter(ExecutionHooks):
         self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
     ) -> None:
         """``handler_done``, ``handler_failed`` or ``handler_skipped``; the handler's row (by its id)
-        shows its last run."""
+        shows its last run. Sent at once: a resumed run does not run an ended handler again, so
+        a record lost with its node would never be sent."""
         job = key.rsplit(":", 1)[0]
         detail: dict[str, Any] = {"handler": handler, "job": job, "seconds": round(seconds, 3)}
         if error:
             detail["error"] = error
+        kind = "handler_" + _TASK_EVENTS.get(state, "task_failed").removeprefix("task_")
         change = TaskChange(handler, state=state.value, seconds=seconds, error=error)
-        self._add(
-            "event",
-            f"handler_{_TASK_EVENTS.get(state, 'task_failed').removeprefix('task_')}",
-            detail,
-            (change,),
-        )
+        self._add("event", kind, detail, (change,), flush=True)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         if reason in ("task", "item"):
