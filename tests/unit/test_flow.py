@@ -219,3 +219,23 @@ def test_a_plain_id_and_a_success_constraint_mean_the_same() -> None:
     )
     task = plain.task("b")
     assert task.constraints == [Constraint(task="a", on=On.SUCCESS)] and task.upstream == ["a"]
+
+
+def test_the_ui_graph_draws_failure_and_completion_edges_distinctly() -> None:
+    from orchestrator.ui.detail import edge_kinds
+    from orchestrator.ui.graph import GraphTask, render_svg
+
+    task = {"id": "c", "depends_on": ["a", {"task": "b", "on": "failure"}, {"task": "d", "on": "completion"}]}
+    svg = str(
+        render_svg(
+            [
+                GraphTask("a", [], "succeeded"),
+                GraphTask("b", [], "failed"),
+                GraphTask("d", [], "succeeded"),
+                GraphTask("c", ["a", "b", "d"], "skipped", kinds=edge_kinds(task)),
+            ]
+        )
+    )
+    assert 'class="edge from-failed on-failure" data-from="b"' in svg
+    assert 'class="edge from-succeeded on-completion" data-from="d"' in svg
+    assert 'class="edge from-succeeded on-success" data-from="a"' in svg
