@@ -375,9 +375,14 @@ class _Run:
             return None
 
     def _expand(self) -> None:
-        """Settle what was decided, then list the items of each foreach that became ready (under the lock)."""
-        self._settle()
-        while tasks := self.plan.expansions():
+        """Settle what was decided and list the items of each foreach that became ready, until
+        neither changes anything (under the lock): a failed listing or an empty foreach decides
+        more tasks, which must be settled before anyone concludes the run is over."""
+        while True:
+            self._settle()
+            tasks = self.plan.expansions()
+            if not tasks:
+                return
             task = tasks[0]
             try:
                 items = self._foreach_items(task)

@@ -296,3 +296,17 @@ def test_a_finished_handler_is_not_rerun_and_one_in_flight_is(store: Any, log: A
 def test_packages_without_handlers_keep_their_behaviour(store: Any, log: Any) -> None:
     result = run(package(task("a"), task("b", "a")), store)
     assert result.succeeded and result.handlers == {}
+
+
+def test_a_foreach_whose_items_cannot_be_listed_takes_its_failure_branch(store: Any, log: Any) -> None:
+    pkg = package(
+        task("a"),
+        task("each", "a", foreach="{{ outputs.a.task }}"),  # a string, not a list
+        task("after", "each"),
+        task("rescue", {"task": "each", "on": "failure"}),
+        on_error=[handler("alert")],
+    )
+    result = run(pkg, store)
+    assert result.succeeded and result.tasks["each"] is TaskState.FAILED
+    assert result.tasks["after"] is TaskState.SKIPPED and result.tasks["rescue"] is TaskState.SUCCEEDED
+    assert result.handlers == {"on_error:each:alert": TaskState.SUCCEEDED}

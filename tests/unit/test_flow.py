@@ -239,3 +239,32 @@ def test_the_ui_graph_draws_failure_and_completion_edges_distinctly() -> None:
     assert 'class="edge from-failed on-failure" data-from="b"' in svg
     assert 'class="edge from-succeeded on-completion" data-from="d"' in svg
     assert 'class="edge from-succeeded on-success" data-from="a"' in svg
+
+
+def test_handler_templates_are_checked_against_every_task() -> None:
+    issues = issues_of(
+        {
+            "name": "p",
+            "tasks": [{"id": "a", "shell": "true"}],
+            "on_finish": [{"id": "h", "shell": "echo {{ outputs.a.n }} {{ vars.nope }} {{ outputs.zz.k }}"}],
+        }
+    )
+    assert [str(i) for i in issues] == [
+        "on_finish[0].shell: {{ vars.nope }}: unknown variable 'nope'",
+        "on_finish[0].shell: {{ outputs.zz.k }}: task 'zz' is not upstream of this task (add it to depends_on)",
+    ]
+
+
+def test_the_builder_writes_constraints_conditions_and_handlers() -> None:
+    from orchestrator.packages import PackageBuilder
+
+    package = (
+        PackageBuilder("p")
+        .shell("a", "true")
+        .shell("b", "true", depends_on=[{"task": "a", "on": "failure"}], depends_on_mode="any", when="true")
+        .handler("on_error", "alert", python="tests.support.tasks:handler")
+        .build()
+    )
+    assert package.task("b").constraints == [Constraint(task="a", on=On.FAILURE)]
+    assert package.task("b").depends_on_mode is DependsMode.ANY and package.task("b").when == "true"
+    assert [h.id for h in package.on_error] == ["alert"]
