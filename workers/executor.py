@@ -49,7 +49,6 @@ from checkpoints import (
 from checkpoints.format import utcnow
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.masking import Masker
-from orchestrator.packages.conditions import ConditionError, evaluate
 from orchestrator.packages.flow import Outcome
 from orchestrator.packages.kinds import CheckpointUsage
 from orchestrator.packages.model import ForeachItem, Task, item_key
@@ -66,6 +65,7 @@ from workers.errors import (
     VariableConflict,
 )
 from workers.execution import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, SerialHooks
+from workers.flowrun import FlowRun
 from workers.handlers import HandlerRunner
 from workers.plan import HandlerJob, Plan, Unit, task_of
 from workers.units import UnitRunner, describe
@@ -101,8 +101,10 @@ class _Report:
     reason: str = "task"
 
 
-class _Run:
-    """The state of one attempt; see :func:`execute`. ``lock`` guards every field below it."""
+class _Run(FlowRun):
+    """The state of one attempt; see :func:`execute`. ``lock`` guards every field below it.
+
+    Its control flow (skipped tasks, conditions, event handlers) is :class:`~workers.flowrun.FlowRun`'s."""
 
     def __init__(self, request: RunRequest, options: ExecutionOptions) -> None:
         self.request, self.package, self.options = request, request.package, options
@@ -532,19 +534,6 @@ class _Run:
     def _foreach_failed(self, task: Task) -> None:
         self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task), event=False)
 
-    # -- control flow: skipped tasks, conditions, event handlers (docs/control-flow.md) ------
-
-    def _settle(self) -> None:
-        """Record what the plan decided not to run; evaluate the conditions it asks for (under the lock)."""
-        while True:
-            for task_id, final in self.plan.drain_skipped():
-                self._skip(self.package.task(task_id), final)
-            gated = self.plan.conditions()
-            if not gated:
-                return
-            for task in gated:
-                self._gate(task)
-
     def _skip(self, task: Task, final: bool) -> None:
         if not final:  # blocked by a failure that a resumed run retries
             self.states[task.id] = TaskState.UPSTREAM_FAILED
@@ -552,85 +541,6 @@ class _Run:
         self.states[task.id] = TaskState.SKIPPED
         change = Change(tasks={task.id: TaskRecord(state="skipped")})
         self._commit([change], [_Report(Unit(task), TaskState.SKIPPED, 0.0)])
-
-    def _gate(self, task: Task) -> None:
-        assert task.when is not None
-        try:
-            run = evaluate(task.when, self.variables, self.outputs())
-        except ConditionError as exc:
-            self.plan.reject(task.id)
-            self.task_failed(task, TaskError(f"when: {exc}"), 0.0)
-            return
-        self.plan.admit(task.id, run)
-
-    def _on_error(self, task_id: str, item: ForeachItem | None, error: str) -> None:
-        """Queue the on_error handlers for a failed task or item, once per run (under the lock)."""
-        if not self.package.on_error:
-            return
-        key = "on_error:" + (task_id if item is None else f"{task_id}[{item_key(item)}]")
-        if key in self.queued:
-            return
-        self.queued.add(key)
-        event = self.state.events.get(key)
-        if event is None:
-            event = {"task": task_id, "item": item, "error": error, "attempt": self.request.attempt}
-            self._commit([Change(events={key: event})], [])
-        self.plan.add_job(HandlerJob("on_error", key, dict(event), tuple(self.package.on_error)))
-        self._wake()
-
-    def _requeue_events(self) -> None:
-        """Queue the on_error jobs of recorded events whose handlers did not all end (a resumed run)."""
-        for key, event in self.state.events.items():
-            if not key.startswith("on_error:"):
-                continue
-            self.queued.add(key)
-            if any(f"{key}:{h.id}" not in self.state.handlers for h in self.package.on_error):
-                self.plan.add_job(HandlerJob("on_error", key, dict(event), tuple(self.package.on_error)))
-
-    def _queue_final(self) -> bool:
-        """The graph is over: queue on_success (if nothing failed the run), then on_finish."""
-        sections = ("on_success", "on_finish")
-        while self.interrupted is None and self.final_stage < len(sections):
-            section = sections[self.final_stage]
-            self.final_stage += 1
-            handlers = self.package.handlers(section)
-            if not handlers or (section == "on_success" and self.failures):
-                continue
-            event = {
-                "state": (RunState.FAILED if self.failures else RunState.SUCCEEDED).value,
-                "error": "; ".join(self.failures) or None,
-                "attempt": self.request.attempt,
-            }
-            self.plan.add_job(HandlerJob(section, section, event, tuple(handlers)))
-            return True
-        return False
-
-    def handler_ended(self, key: str, task: Task, record: TaskRecord, seconds: float) -> None:
-        """A handler succeeded or was skipped: record it; report it once durable."""
-        state = TaskState(record.state)
-        with self.lock:
-            ticket = self._submit([Change(handlers={key: record})])
-        self._durable(ticket, [])
-        with self.lock:
-            self.handler_states[key] = state
-            self.hooks.handler_finished(key, task.id, state, seconds, None)
-
-    def handler_failed(self, key: str, task: Task, error: str, seconds: float) -> None:
-        """A handler failed (retries spent): the run fails, or the failure is recorded."""
-        message = f"handler {key!r} failed: {error}"
-        with self.lock:
-            self.handler_states[key] = TaskState.FAILED
-            self.hooks.handler_finished(key, task.id, TaskState.FAILED, seconds, message)
-            if task.fail_package_on_failure:
-                self.failures.append(message)
-                return
-            log.warning("%s (fail_package_on_failure is false: the package goes on)", message)
-            self._commit([Change(handlers={key: TaskRecord(state="failed", error=message)})], [])
-
-    def job_ended(self, job: HandlerJob) -> None:
-        with self.lock:
-            self.plan.ended(job)
-            self._wake(spare=1)
 
     def _task_done(self, task: Task) -> list[Change]:
         """The record of a foreach that finished: its output is every item's, in item order."""
