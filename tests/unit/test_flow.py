@@ -268,3 +268,12 @@ def test_the_builder_writes_constraints_conditions_and_handlers() -> None:
     assert package.task("b").constraints == [Constraint(task="a", on=On.FAILURE)]
     assert package.task("b").depends_on_mode is DependsMode.ANY and package.task("b").when == "true"
     assert [h.id for h in package.on_error] == ["alert"]
+
+
+def test_the_timeline_tells_skipped_tasks_and_handler_runs() -> None:
+    from orchestrator.ui.timeline import describe
+
+    assert describe("task_skipped", {"task": "publish"}, None).startswith("task publish skipped")
+    assert describe("handler_done", {"handler": "alert", "job": "on_error:load"}, None) == (
+        "handler alert done (on_error:load)"
+    )
