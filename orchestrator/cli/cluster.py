@@ -170,11 +170,24 @@ def _print_status(found: dict[str, Any]) -> None:
     table = Table(show_edge=False)
     table.add_column("task")
     table.add_column("state")
+    flow = found.get("flow") or {}
     for task_id, state in found["tasks"].items():
-        table.add_row(task_id, state)
+        table.add_row(escape(task_id + _flow_note(flow.get(task_id))), state)
+    for handler_id, state in (found.get("handlers") or {}).items():
+        table.add_row(escape(f"{handler_id} (handler)"), state)
     out.print(table)
     if found["error"]:
         out.print(f"[red]error[/]: {escape(found['error'])}")
+
+
+def _flow_note(flow: dict[str, Any] | None) -> str:
+    """`` (after load: failure [any] when ...)`` for a task whose flow is more than success dependencies."""
+    if not flow:
+        return ""
+    after = ", ".join(f"{c['task']}: {c.get('on', 'success')}" for c in flow.get("depends_on") or [])
+    mode = " [any]" if flow.get("mode") == "any" else ""
+    when = f" when {flow['when']}" if flow.get("when") else ""
+    return f" (after {after or '-'}{mode}{when})"
 
 
 @app.command()

@@ -71,6 +71,9 @@ def test_a_node_killed_after_a_handler_ran_resumes_elsewhere_without_rerunning_i
     assert [T.count(entries, "start", t) for t in ("load", "alert", "notify")] == [1, 1, 2]
     notified = [e for e in entries if e["task"] == "notify" and e["event"] == "start"]
     assert {e["epoch"] for e in notified} == {1, 2} and all(e["handled"]["task"] == "load" for e in notified)
+    shown = run_cli("status", run_id, cwd=cluster.tmp, env=cluster.env())
+    assert "cleanup (after load: failure)" in shown.stdout and "alert (handler)" in shown.stdout
+    assert "skipped" in shown.stdout
     events = run_cli("events", run_id, "--json", cwd=cluster.tmp, env=cluster.env())
     kinds = [e["kind"] for e in json.loads(events.stdout)]
     assert kinds.count("handler_done") == 2 and "task_skipped" in kinds and "resumed" in kinds
