@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
+import traceback
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -13,6 +15,8 @@ from orchestrator.errors import VariableInvalid
 from orchestrator.packages.model import ForeachItem, Package
 from orchestrator.packages.variables import convert
 from workers.errors import TaskCancelled
+
+_log = logging.getLogger(__name__)
 
 
 class Flag(Protocol):
@@ -80,6 +84,56 @@ def _copied(value: Any) -> Any:
     return copy.deepcopy(value) if isinstance(value, list | dict) else value
 
 
+LineSink = Callable[[str, str], None]
+"""Receives each line a task logs: its level name (lower case) and its text, not masked yet."""
+
+
+class TaskLogger(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.log``: logs as usual, and hands each line of level INFO or above to a sink.
+
+    The sink keeps the line with the run (:meth:`~workers.execution.ExecutionHooks.task_log`),
+    whatever level the node's own log output is set to; a traceback (``exc_info``) is
+    part of the line. A line the sink cannot take is reported on the node's log; the
+    task goes on.
+    """
+
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, Any], sink: LineSink) -> None:
+        super().__init__(logger, extra)
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        super().log(level, msg, *args, **kwargs)
+        if level < logging.INFO and not self.isEnabledFor(level):
+            return
+        text = _text(msg, args)
+        exc_info = kwargs.get("exc_info")
+        if exc_info:
+            text = f"{text}\n{_traceback(exc_info)}"
+        try:
+            self._sink(logging.getLevelName(level).lower(), text)
+        except Exception:
+            _log.exception("a log line of task %s was not kept with the run", (self.extra or {}).get("task"))
+
+
+def _text(msg: object, args: tuple[object, ...]) -> str:
+    if not args:
+        return str(msg)
+    try:
+        return str(msg) % args
+    except (TypeError, ValueError):  # as logging itself would fail to format it: keep what was given
+        return f"{msg} {args!r}"
+
+
+def _traceback(exc_info: Any) -> str:
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    if exc_info[0] is None:
+        return "NoneType: None"
+    return "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+
+
 class Progress:
     """In-task progress: ``get`` what an earlier attempt saved, ``save`` durably (fenced)."""
 
@@ -119,7 +173,7 @@ class TaskContext:
     item: ForeachItem | None
     progress: Progress
     idempotency_key: str
-    log: logging.LoggerAdapter[logging.Logger]
+    log: TaskLogger
     _cancelled: Flag = field(repr=False)
     event: Mapping[str, Any] | None = None
     """In an event handler: ``{task, item, error, attempt}`` (on_error) or

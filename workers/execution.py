@@ -85,6 +85,14 @@ class ExecutionHooks:
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         """A foreach's items are known: ``items`` in all, ``finished`` of them by an earlier attempt."""
 
+    def task_log(
+        self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
+    ) -> None:
+        """A unit logged a line (``ctx.log``, a shell task's output); ``message`` is already masked.
+
+        Called from the unit's threads; a line reported here must be kept before the call
+        returns (the task may be killed the next moment)."""
+
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         """A record is durable. ``reason``: start (the claiming snapshot), task, item, progress or
         compaction (a new snapshot); ``size`` and ``seconds`` are those of the write that carried it
@@ -131,6 +139,11 @@ class SerialHooks(ExecutionHooks):
 
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         self._call(self.hooks.foreach_started, task_id, items, finished)
+
+    def task_log(
+        self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
+    ) -> None:
+        self._call(self.hooks.task_log, task_id, item, try_number, level, message)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         self._call(self.hooks.checkpoint_saved, size, seconds, reason)

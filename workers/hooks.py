@@ -42,6 +42,12 @@ class AllHooks(ExecutionHooks):
         for hooks in self.hooks:
             hooks.foreach_started(task_id, items, finished)
 
+    def task_log(
+        self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
+    ) -> None:
+        for hooks in self.hooks:
+            hooks.task_log(task_id, item, try_number, level, message)
+
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         for hooks in self.hooks:
             hooks.checkpoint_saved(size, seconds, reason)

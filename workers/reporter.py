@@ -9,6 +9,8 @@ batches with one fenced script call (:class:`~orchestrator.control.stream.EventS
 * a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
   append, so a long task shows as running at once and a short one costs no
   call of its own;
+* a line a task logs is appended before ``ctx.log`` returns (one Redis call per
+  line), so the lines written before a node is SIGKILLed are in the stream;
 * a refused append (the attempt was fenced) stops the attempt: the next hook
   raises :class:`~workers.errors.AttemptFenced`;
 * an append that fails (Redis away) keeps its records and is tried again
@@ -36,6 +38,7 @@ from orchestrator.control.stream import EventStream, parse_id
 from orchestrator.packages.model import ForeachItem
 from orchestrator.state.records import Record, TaskChange
 from orchestrator.state.states import TaskState
+from orchestrator.state.tasklogs import LOG, log_detail
 from workers.errors import AttemptFenced
 from workers.executor import ExecutionHooks, RunResult
 
@@ -105,6 +108,22 @@ class AttemptReporter(ExecutionHooks):
         change = TaskChange(handler, state=state.value, seconds=seconds, error=error)
         self._add("event", kind, detail, (change,), flush=True)
 
+    def task_log(
+        self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str
+    ) -> None:
+        """Append the line now (with whatever is buffered): a line logged before a SIGKILL is kept.
+
+        A fenced attempt's lines are refused, like its other records; the attempt is
+        being stopped (its next hook raises), so the line is not raised into the task.
+        """
+        with self._lock:
+            if self._fenced is not None:
+                return
+            self._buffer.append(
+                self._record(LOG, None, log_detail(task_id, item, try_number, level, message), ())
+            )
+            self._flush()
+
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         if reason in ("task", "item"):
             self._add("event", "checkpoint_saved", {"bytes": size}, (), flush=True)
@@ -138,26 +157,31 @@ class AttemptReporter(ExecutionHooks):
         with self._lock:
             if self._fenced is not None:
                 raise self._fenced
-            self._seq += 1
-            record = Record(
-                type_,
-                self.run_id,
-                self.epoch,
-                self.attempt,
-                self.node,
-                self._seq,
-                time.time(),
-                kind,
-                detail,
-                tasks,
-            )
-            self._buffer.append(record)
+            self._buffer.append(self._record(type_, kind, detail, tasks))
             if flush:
                 self._flush()
                 if self._fenced is not None:
                     raise self._fenced
             else:
                 _flusher().schedule(self)
+
+    def _record(
+        self, type_: str, kind: str | None, detail: dict[str, Any], tasks: tuple[TaskChange, ...]
+    ) -> Record:
+        """The attempt's next record (the lock is held)."""
+        self._seq += 1
+        return Record(
+            type_,
+            self.run_id,
+            self.epoch,
+            self.attempt,
+            self.node,
+            self._seq,
+            time.time(),
+            kind,
+            detail,
+            tasks,
+        )
 
     def _flush(self) -> None:
         """Append the buffer in one call (the lock is held)."""

@@ -24,7 +24,7 @@ from orchestrator.observability.masking import Masker
 from orchestrator.packages.model import Package, Task
 from orchestrator.packages.templating import TemplateError, render
 from orchestrator.state.states import TaskState
-from workers.context import Flag, Progress, TaskContext, TaskVariables, read_only
+from workers.context import Flag, Progress, TaskContext, TaskLogger, TaskVariables, read_only
 from workers.errors import RunInterrupted, TaskCancelled, TaskError, VariableConflict
 from workers.execution import ExecutionOptions, RunRequest, SerialHooks
 from workers.invoke import call_python, checked_output, resolve_callable, run_shell, shell_command
@@ -118,7 +118,7 @@ class UnitRunner:
             started = time.monotonic()
             try:
                 with log_context(task=task.id):
-                    output, variables = self._invoke(unit)
+                    output, variables = self._invoke(unit, try_number)
             except (RunInterrupted, KeyboardInterrupt):
                 raise
             except Exception as exc:
@@ -143,7 +143,7 @@ class UnitRunner:
             return output, variables, time.monotonic() - started
         raise AssertionError("unreachable: the last try either returns or raises")
 
-    def _invoke(self, unit: Unit) -> tuple[Any, TaskVariables]:
+    def _invoke(self, unit: Unit, try_number: int) -> tuple[Any, TaskVariables]:
         host, task, request = self.host, unit.task, self.host.request
         task_stop = threading.Event()
         stopped = _Either(task_stop, host.stop)
@@ -172,8 +172,12 @@ class UnitRunner:
             item=unit.item,
             progress=Progress(saved, save_progress, stopped),
             idempotency_key=f"{request.run_id}:{unit.key}",
-            log=logging.LoggerAdapter(
-                task_log, {"run_id": request.run_id, "task": task.id, "attempt": request.attempt}
+            log=TaskLogger(
+                task_log,
+                {"run_id": request.run_id, "task": task.id, "attempt": request.attempt},
+                lambda level, text: host.hooks.task_log(
+                    task.id, unit.item, try_number, level, host.masker(text)
+                ),
             ),
             _cancelled=stopped,
             event=unit.event,

@@ -8,8 +8,10 @@ and ``ORCHESTRATOR_DATABASE_URL``.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +24,7 @@ from checkpoints import validate_package_name
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
-from orchestrator.control.views import event_rows, node_rows, run_row
+from orchestrator.control.views import event_rows, log_rows, node_rows, run_row
 from orchestrator.errors import InvalidInput
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
@@ -237,6 +239,62 @@ def events(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
             escape(detail),
         )
     out.print(table)
+
+
+@app.command()
+def logs(
+    run_id: RunIdArgument,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task's lines.")] = None,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", min=1, help="Only this attempt's lines.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print new lines until the run ends.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (JSON Lines).")
+    ] = False,
+) -> None:
+    """The lines a run's tasks logged (ctx.log, shell output), masked, in order.
+
+    With --follow, waits for new lines until the run ends, then exits like
+    `submit --wait`: 0 if the run succeeded, 1 if it failed or was cancelled.
+    """
+    with exit_codes():
+        repository = _services().repository
+        rows = log_rows(repository, run_id, task=task, attempt=attempt)
+        _print_logs(rows, json_output)
+        if not follow:
+            return
+        last = max((row["id"] for row in rows if row["id"] is not None), default=0)
+        while True:
+            state = repository.run_row(run_id).state  # read first: the lines that ended the run come next
+            rows = log_rows(repository, run_id, task=task, attempt=attempt, after=last)
+            _print_logs(rows, json_output)
+            last = max((row["id"] for row in rows), default=last)
+            if state.finished:
+                break
+            time.sleep(FOLLOW_POLL_SECONDS)
+    raise typer.Exit(EXIT_OK if state is RunState.SUCCEEDED else EXIT_FAILED)
+
+
+FOLLOW_POLL_SECONDS = 0.5
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _print_logs(rows: list[dict[str, Any]], json_output: bool) -> None:
+    for row in rows:
+        if json_output:
+            line = json.dumps(row, default=str)
+        else:
+            where = row["task"] + (f"[{row['item']}]" if row["item"] is not None else "")
+            if row["attempt"] is not None:
+                where += f" #{row['attempt']}"
+            # A task's output may carry terminal escapes: shown, not obeyed.
+            text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", row["message"])
+            line = f"{_clock(row['at'])} {where} {row['level']:<7} {text}"
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 @app.command()

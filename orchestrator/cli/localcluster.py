@@ -81,7 +81,7 @@ class LocalCluster:
         else:
             self.redis = EmbeddedRedis()
             self.broker_url = self.redis.start(state_dir)
-        self.members.append(self._spawn("scheduler", "scheduler", ["scheduler"], self._port(0)))
+        self.members.append(self._spawn("scheduler", "scheduler", ["scheduler"], self._scheduler_port()))
         for index in range(1, self.workers + 1):
             name = f"node-{index}"
             port = self._port(index)
@@ -105,6 +105,24 @@ class LocalCluster:
             self.members.append(self._spawn("ui", "ui", ["ui", "--fd", str(fd)], None, pass_fds=(fd,)))
         finally:
             sock.close()  # the UI process holds its own copy
+
+    def _scheduler_port(self) -> int:
+        """``metrics_base_port``, else the configured port, or a free one when another process has it.
+
+        A scheduler whose metrics port is taken would exit at start: two local clusters on one
+        machine (or a production scheduler beside one) would leave this one without a scheduler.
+        """
+        if self.metrics_base_port is not None:
+            return self.metrics_base_port
+        wanted = self.settings.metrics_port
+        sock = bind("0.0.0.0", wanted, fallback=True)  # noqa: S104 - where the scheduler will listen
+        try:
+            port = int(sock.getsockname()[1])
+        finally:
+            sock.close()
+        if wanted not in (port, 0):
+            log.warning("metrics port %d is taken: the local scheduler serves /metrics on %d", wanted, port)
+        return port
 
     def _port(self, index: int) -> int | None:
         return None if self.metrics_base_port is None else self.metrics_base_port + index

@@ -413,7 +413,7 @@ def purge(
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Remove finished runs (attempts, events, checkpoint directories); never an active run."""
+    """Remove finished runs (attempts, events, task logs, checkpoint directories); never an active run."""
     settings = get_settings()
     with exit_codes():
         if older_than is not None:
@@ -433,6 +433,7 @@ def purge(
         out.print(
             f"{verb} {report.runs} run(s) finished before {report.cutoff[:19]}: "
             f"{report.attempts} attempt(s), {report.tasks} task record(s), {report.events} event(s), "
+            f"{report.logs} task log line(s), "
             f"{report.checkpoints} checkpoint "
             f"director(ies); kept {report.kept} failed or cancelled run(s) with a checkpoint"
         )

@@ -1,4 +1,4 @@
-"""Retention: finished runs removed with their attempts, tasks, events and checkpoint directories.
+"""Retention: finished runs removed with their attempts, tasks, events, task logs and checkpoint directories.
 
 ``orchestrator purge`` and the schedulers' daily purge
 (``ORCHESTRATOR_RETENTION_DAYS``) both run :meth:`Purger.purge`:
@@ -44,6 +44,7 @@ class PurgeReport:
     attempts: int = 0
     tasks: int = 0
     events: int = 0
+    logs: int = 0  # task log lines
     checkpoints: int = 0
     redis_keys: int = 0  # epoch and cancel keys of purged runs
     kept: int = 0  # failed or cancelled runs left for their checkpoint
@@ -115,10 +116,11 @@ class Purger:
                 report.checkpoints += self._remove_directory(package, run_id, report)
             if self.forget is not None and counted.runs:
                 report.redis_keys += self.forget([run_id for _, run_id in counted.runs])
-            self._count(len(counted.runs), counted.attempts, counted.tasks, counted.events)
+            self._count(len(counted.runs), counted.attempts, counted.tasks, counted.events, counted.logs)
         report.attempts += counted.attempts
         report.tasks += counted.tasks
         report.events += counted.events
+        report.logs += counted.logs
 
     def _stored(self, run: Candidate) -> bool:
         """Whether the store holds anything of the run (``--dry-run``: its directory would go)."""
@@ -143,7 +145,8 @@ class Purger:
         return int(removed)
 
     @staticmethod
-    def _count(runs: int, attempts: int, tasks: int, events: int) -> None:
+    def _count(runs: int, attempts: int, tasks: int, events: int, logs: int) -> None:
         purged = metrics().purged
-        for kind, amount in (("runs", runs), ("attempts", attempts), ("tasks", tasks), ("events", events)):
+        counted = {"runs": runs, "attempts": attempts, "tasks": tasks, "events": events, "logs": logs}
+        for kind, amount in counted.items():
             purged.labels(kind=kind).inc(amount)

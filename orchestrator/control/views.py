@@ -1,9 +1,9 @@
 """What the CLI's ``--json`` prints and the web UI's API serves: one builder per kind of row.
 
-``status --json``, ``runs --json``, ``events --json`` and ``nodes --json`` and the API's
-``/api/runs/{run_id}``, ``/api/runs``, ``/api/runs/{run_id}/events`` and ``/api/nodes`` are
-built here, so both show the same fields with the same meaning. Every value is plain JSON
-(timestamps as ISO 8601 strings in UTC).
+``status --json``, ``runs --json``, ``events --json``, ``logs --json`` and ``nodes --json`` and
+the API's ``/api/runs/{run_id}``, ``/api/runs``, ``/api/runs/{run_id}/events``,
+``/api/runs/{run_id}/logs`` and ``/api/nodes`` are built here, so both show the same fields
+with the same meaning. Every value is plain JSON (timestamps as ISO 8601 strings in UTC).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.control.liveness import Liveness
+from orchestrator.errors import InvalidInput
 from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.state.models import Event, Run
 from orchestrator.state.repository import Repository
 from orchestrator.state.states import TaskState
+from orchestrator.state.tasklogs import TaskLogs
 from orchestrator.state.types import utcnow
 
 
@@ -112,6 +114,32 @@ def event_rows(repository: Repository, run_id: str) -> list[dict[str, Any]]:
     """The timeline of a run; :class:`~orchestrator.errors.RunNotFound` for an unknown run."""
     repository.run_row(run_id)
     return [event_row(e) for e in repository.events(run_id)]
+
+
+def log_rows(
+    repository: Repository,
+    run_id: str,
+    *,
+    task: str | None = None,
+    attempt: int | None = None,
+    after: int | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """A run's task log lines as ``logs --json`` prints them, in order, each task's drop note first.
+
+    ``after``: only the lines stored after that line ``id`` (what ``--follow`` polls).
+    Raises :class:`~orchestrator.errors.RunNotFound` for an unknown run and
+    :class:`~orchestrator.errors.InvalidInput` for a task its package does not have.
+    """
+    run = repository.run_row(run_id)
+    if task is not None and run.definition_hash:
+        definition = repository.definition(run.package, run.definition_hash)
+        handlers = ("on_error", "on_success", "on_finish")
+        tasks = {t["id"] for key in ("tasks", *handlers) for t in definition.get(key) or ()}
+        if task not in tasks:
+            raise InvalidInput(f"run {run_id!r} (package {run.package}) has no task {task!r}")
+    lines = TaskLogs(repository.sessions).lines(run_id, task=task, attempt=attempt, after=after, limit=limit)
+    return [line.as_dict() for line in lines]
 
 
 def node_rows(repository: Repository, liveness: Liveness, lease_ttl: float) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1,
 _BYTES_BUCKETS = (512, 2048, 8192, 32768, 131072, 524288, 2097152, 8388608, float("inf"))
 _LAG_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400, float("inf"))
 SCHEDULE_RESULTS = ("fired", "caught_up", "skipped_overlap", "queued", "missed")
-PURGED_KINDS = ("runs", "attempts", "tasks", "events", "checkpoints")
+PURGED_KINDS = ("runs", "attempts", "tasks", "events", "logs", "checkpoints")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Modules: :mod:`~orchestrator.state.states` (run and task states, shared by every
 :mod:`~orchestrator.state.migrate` and :mod:`~orchestrator.state.migrations` (the schema,
 applied at start-up), :mod:`~orchestrator.state.types` (column types),
 :mod:`~orchestrator.state.catalog` (deployed package versions), :mod:`~orchestrator.state.schedules`
-(schedules and their claims), :mod:`~orchestrator.state.retention` (the purge's batches, the daily claim).
+(schedules and their claims), :mod:`~orchestrator.state.retention` (the purge's batches, the daily claim),
+:mod:`~orchestrator.state.tasklogs` (task log lines: written, bounded, read).
 """
 
 from orchestrator.state.engine import make_engine, normalize_url, session_factory
@@ -24,6 +25,8 @@ from orchestrator.state.models import (
     Projection,
     Run,
     Schedule,
+    TaskLog,
+    TaskLogTrim,
     TaskRun,
 )
 from orchestrator.state.repository import Repository
@@ -62,6 +65,8 @@ __all__ = [  # noqa: RUF022
     "Projection",
     "Run",
     "Schedule",
+    "TaskLog",
+    "TaskLogTrim",
     "TaskRun",
     # column types
     "EnumString",

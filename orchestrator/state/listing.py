@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import InvalidInput
-from orchestrator.state.models import Event, Run, TaskRun
+from orchestrator.state.models import Event, Run, TaskLog, TaskRun
 from orchestrator.state.states import RunState
 
 MAX_PAGE = 500
@@ -169,4 +169,6 @@ class RunListing:
             tasks = session.execute(
                 select(TaskRun.task_id, TaskRun.state, TaskRun.tries).where(TaskRun.run_id == run_id)
             ).all()
-        return (tuple(run) if run else None, tuple(sorted(tuple(t) for t in tasks)))
+            # A new task log line changes the page too (an indexed max: cheap).
+            last_line = session.scalar(select(func.max(TaskLog.id)).where(TaskLog.run_id == run_id))
+        return (tuple(run) if run else None, tuple(sorted(tuple(t) for t in tasks)), last_line)

@@ -1,4 +1,4 @@
-"""The SQL state of the orchestrator: runs, their attempts, tasks, events and nodes; the
+"""The SQL state of the orchestrator: runs, their attempts, tasks, events, task logs and nodes; the
 package catalog, the schedules and the claims of the schedulers' daily maintenance.
 
 The database is the source of truth for run state and history (checkpoints
@@ -196,6 +196,49 @@ class Event(Base):
     source: Mapped[str | None] = mapped_column(String(64))
 
     run: Mapped[Run] = relationship(back_populates="events")
+
+
+class TaskLog(Base):
+    """One line a task logged (``ctx.log``, a shell task's output), masked, kept with the run.
+
+    ``source`` is the stream record it came from (unique per run: a line projected
+    twice is stored once); ``attempt`` and ``seq`` order a run's lines (``seq``
+    counts every record of the attempt). ``item`` is the foreach item as JSON text,
+    ``try_number`` the task-level try. Lines are bounded per task: the oldest go
+    first, counted in :class:`TaskLogTrim` (:mod:`orchestrator.state.tasklogs`).
+    """
+
+    __tablename__ = "task_logs"
+    __table_args__ = (
+        UniqueConstraint("run_id", "source"),
+        Index(None, "run_id", "attempt", "seq"),
+        Index(None, "run_id", "task_id", "attempt", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    task_id: Mapped[str] = mapped_column(String(64))
+    item: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    try_number: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(64))
+
+
+class TaskLogTrim(Base):
+    """How many of a task's oldest log lines were dropped to keep it within the bound, and the
+    newest dropped one's place (``attempt``, ``seq``): a replayed line at or before it stays out."""
+
+    __tablename__ = "task_log_trims"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
 
 
 class Projection(Base):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.state.models import Event, Projection, Run, TaskRun
+from orchestrator.state import tasklogs
+from orchestrator.state.models import Event, Projection, Run, TaskLog, TaskRun
 from orchestrator.state.records import Record, TaskChange
 from orchestrator.state.states import RunState, TaskState
 
@@ -100,21 +101,26 @@ class Projections:
 
 
 def write_records(
-    session: Session, records: Sequence[Record], locked: Mapping[str, tuple[int, RunState]] | None = None
+    session: Session,
+    records: Sequence[Record],
+    locked: Mapping[str, tuple[int, RunState]] | None = None,
+    *,
+    log_lines: int = tasklogs.MAX_LINES,
 ) -> int:
     """Write the records not written yet, in order, with the task states they imply.
 
     Locks the runs they belong to (in id order) but those ``locked`` already (with
     their attempt and state); records of a run that does not exist are logged and
-    skipped. Returns how many records were new.
+    skipped. Log lines are then bounded to ``log_lines`` per task
+    (:mod:`orchestrator.state.tasklogs`). Returns how many records were new.
     """
     if not records:
         return 0
     locked = dict(locked or {})
     others = sorted({record.run_id for record in records} - set(locked))
     runs = {**locked, **(_lock_runs(session, others) if others else {})}
-    written = _written(session, list(runs), records)
-    events: list[dict[str, Any]] = []
+    written = _written(session, list(runs), records) | tasklogs.written_sources(session, list(runs), records)
+    rows = _Rows()
     changes: list[tuple[Record, TaskChange, bool]] = []
     new = 0
     for record in records:
@@ -129,15 +135,27 @@ def write_records(
             log.error("record %s of run %s is of unknown type %r: skipped", record.source, run, record.type)
             continue
         new += 1
-        handler(record, events)
+        handler(record, rows)
         if record.attempt == run[0]:
             changes.extend((record, change, run[1].finished) for change in record.tasks)
-        if record.kind is not None:
+        if record.kind is not None or record.type == tasklogs.LOG:
             written.add((record.run_id, record.source))
-    if events:
-        session.execute(insert(Event), events)
+    if rows.events:
+        session.execute(insert(Event), rows.events)
+    logs = tasklogs.not_dropped(session, rows.logs) if rows.logs else []
+    if logs:
+        session.execute(insert(TaskLog), logs)
+        tasklogs.trim(session, {(row["run_id"], row["task_id"]) for row in logs}, log_lines)
     _apply_changes(session, changes)
     return new
+
+
+@dataclass
+class _Rows:
+    """The rows a set of records adds, by table (inserted together, in order)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _lock_runs(session: Session, run_ids: list[str]) -> dict[str, tuple[int, RunState]]:
@@ -154,11 +172,11 @@ def _written(session: Session, run_ids: list[str], records: Iterable[Record]) ->
     return {(run_id, source) for run_id, source in session.execute(query).all()}
 
 
-def _event(record: Record, events: list[dict[str, Any]]) -> None:
+def _event(record: Record, rows: _Rows) -> None:
     """A timeline entry (and the task states it carries)."""
     if record.kind is None:
         return
-    events.append(
+    rows.events.append(
         {
             "run_id": record.run_id,
             "at": record.when,
@@ -171,12 +189,17 @@ def _event(record: Record, events: list[dict[str, Any]]) -> None:
     )
 
 
-def _task(record: Record, events: list[dict[str, Any]]) -> None:
+def _task(record: Record, rows: _Rows) -> None:
     """Task states only (a task started): nothing for the timeline."""
 
 
-HANDLERS: dict[str, Callable[[Record, list[dict[str, Any]]], None]] = {"event": _event, "task": _task}
-"""Record types and how each is written; a new kind of record (log lines) adds its own."""
+def _log(record: Record, rows: _Rows) -> None:
+    """A line a task logged (:mod:`orchestrator.state.tasklogs`)."""
+    rows.logs.append(tasklogs.log_row(record))
+
+
+HANDLERS: dict[str, Callable[[Record, _Rows], None]] = {"event": _event, "task": _task, tasklogs.LOG: _log}
+"""Record types and how each is written."""
 
 
 def _apply_changes(session: Session, changes: list[tuple[Record, TaskChange, bool]]) -> None:

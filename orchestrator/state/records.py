@@ -8,9 +8,10 @@ later, in batches, by the schedulers (:mod:`orchestrator.state.projection`).
 
 A record is one JSON object in one stream field, so the stream can carry
 other kinds of record without a change of format: ``type`` names the handler
-that writes it to SQL. Two exist: ``event`` (a timeline entry, and the task
-state it implies) and ``task`` (a task state without a timeline entry). A
-new kind (log lines, say) is a new ``type`` with its own handler and table.
+that writes it to SQL. Three exist: ``event`` (a timeline entry, and the task
+state it implies), ``task`` (a task state without a timeline entry) and
+``log`` (a line a task logged, :mod:`orchestrator.state.tasklogs`). A new
+kind is a new ``type`` with its own handler and table.
 
 ``source`` (``<epoch>-<sequence>``) is unique per run and per attempt, so a
 record written twice (two schedulers, a batch replayed after a crash, the

@@ -20,7 +20,7 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.state.models import Attempt, Event, Maintenance, Run, TaskRun
+from orchestrator.state.models import Attempt, Event, Maintenance, Run, TaskLog, TaskLogTrim, TaskRun
 from orchestrator.state.states import RunState
 
 FINISHED = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
@@ -45,6 +45,7 @@ class Removed:
     attempts: int = 0
     tasks: int = 0
     events: int = 0
+    logs: int = 0  # task log lines
 
 
 class RetentionStore:
@@ -72,7 +73,8 @@ class RetentionStore:
         """What deleting these runs would delete (``purge --dry-run``)."""
         found = Removed()
         with self.sessions() as session:
-            for model, name in ((Attempt, "attempts"), (TaskRun, "tasks"), (Event, "events")):
+            counted = ((Attempt, "attempts"), (TaskRun, "tasks"), (Event, "events"), (TaskLog, "logs"))
+            for model, name in counted:
                 query = select(func.count()).select_from(model).where(model.run_id.in_(run_ids))
                 setattr(found, name, int(session.execute(query).scalar_one()))
         return found
@@ -89,6 +91,8 @@ class RetentionStore:
             ids = [run_id for run_id, _ in rows]
             if not ids:
                 return removed
+            removed.logs = _delete(session, delete(TaskLog).where(TaskLog.run_id.in_(ids)))
+            _delete(session, delete(TaskLogTrim).where(TaskLogTrim.run_id.in_(ids)))
             removed.events = _delete(session, delete(Event).where(Event.run_id.in_(ids)))
             removed.tasks = _delete(session, delete(TaskRun).where(TaskRun.run_id.in_(ids)))
             removed.attempts = _delete(session, delete(Attempt).where(Attempt.run_id.in_(ids)))

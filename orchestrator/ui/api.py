@@ -2,9 +2,9 @@
 
 Rows come from :mod:`orchestrator.control.views`, the builders the CLI prints, so
 ``/api/runs/{run_id}`` is ``status --json``, the rows of ``/api/runs`` are those of
-``runs --json``, ``/api/runs/{run_id}/events`` is ``events --json`` and ``/api/nodes``
-is ``nodes --json``. The models below only describe them for the OpenAPI document
-(``/api/openapi.json``). Timestamps are ISO 8601 strings in UTC.
+``runs --json``, ``/api/runs/{run_id}/events`` is ``events --json``, ``/api/runs/{run_id}/logs`` is
+``logs --json`` and ``/api/nodes`` is ``nodes --json``. The models below only describe
+them for the OpenAPI document (``/api/openapi.json``). Timestamps are ISO 8601 strings in UTC.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.control.views import event_rows, node_rows, run_row, run_status
+from orchestrator.control.views import event_rows, log_rows, node_rows, run_row, run_status
 from orchestrator.state.states import RunState
+from orchestrator.state.tasklogs import MAX_LINES as MAX_LOG_LINES
 from orchestrator.ui.context import UiContext
 from orchestrator.ui.query import RunQuery
 from orchestrator.ui.security import CSRF_HEADER
@@ -86,6 +87,19 @@ class EventRow(BaseModel):
     detail: dict[str, Any]
 
 
+class LogRow(BaseModel):
+    """One line a task logged, as ``orchestrator logs --json`` prints it (masked, as text)."""
+
+    id: int | None = Field(description="null for a note that older lines were dropped")
+    at: str | None = Field(description=ISO)
+    task: str
+    item: Any = Field(description="the foreach item, else null")
+    attempt: int | None
+    try_: int | None = Field(alias="try", description="the task-level try within the attempt")
+    level: str = Field(description="debug, info, warning, error, critical, or note")
+    message: str
+
+
 class NodeRow(BaseModel):
     """One worker node, as ``orchestrator nodes --json`` lists it."""
 
@@ -138,6 +152,19 @@ def get_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/runs/{run_id}/events", response_model=list[EventRow])
 def get_events(request: Request, run_id: str) -> list[dict[str, Any]]:
     return event_rows(_ctx(request).reader, run_id)
+
+
+@router.get("/runs/{run_id}/logs", response_model=list[LogRow], response_model_by_alias=True)
+def get_logs(
+    request: Request,
+    run_id: str,
+    task: Annotated[str | None, Query(description="only this task's lines")] = None,
+    attempt: Annotated[int | None, Query(ge=1, description="only this attempt's lines")] = None,
+    after: Annotated[int | None, Query(ge=0, description="only lines stored after this line id")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_LOG_LINES, description="the newest lines only")] = None,
+) -> list[dict[str, Any]]:
+    """The run's task log lines in order, each task's note of dropped lines first."""
+    return log_rows(_ctx(request).reader, run_id, task=task, attempt=attempt, after=after, limit=limit)
 
 
 @router.get("/nodes", response_model=list[NodeRow])

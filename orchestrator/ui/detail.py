@@ -24,6 +24,7 @@ from markupsafe import Markup
 from orchestrator.control.views import duration_seconds, event_row, run_status
 from orchestrator.state.models import Run, TaskRun
 from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.tasklogs import LogLine, TaskLogs
 from orchestrator.ui.context import UiContext
 from orchestrator.ui.graph import GraphTask, render_svg
 from orchestrator.ui.timeline import AttemptGroup, group_by_attempt
@@ -42,6 +43,38 @@ class TaskLine:
     error: str | None
 
 
+PAGE_LOG_LINES = 500
+"""The run page shows a run's newest task log lines, at most this many (the API has them all)."""
+
+
+@dataclass(frozen=True)
+class LogPanel:
+    """The log lines of one task (or foreach item) in one attempt, as the run page shows them."""
+
+    task: str
+    item: str | None
+    attempt: int
+    lines: list[LogLine]
+
+    @property
+    def title(self) -> str:
+        return self.task + (f" [{self.item}]" if self.item is not None else "")
+
+
+def log_panels(lines: Sequence[LogLine]) -> list[LogPanel]:
+    """Lines grouped by attempt, task and item, in the order each group first logged."""
+    panels: dict[tuple[int, str, str | None], LogPanel] = {}
+    for line in lines:
+        if line.attempt is None:
+            continue  # a note: shown above the panels
+        item = None if line.item is None else str(line.item)
+        key = (line.attempt, line.task, item)
+        if key not in panels:
+            panels[key] = LogPanel(line.task, item, line.attempt, [])
+        panels[key].lines.append(line)
+    return list(panels.values())
+
+
 @dataclass(frozen=True)
 class RunDetail:
     """The run page's content."""
@@ -54,6 +87,9 @@ class RunDetail:
     last_event_id: int
     can_cancel: bool
     can_resume: bool
+    logs: list[LogPanel]
+    log_notes: list[str]
+    logs_cut: bool  # more lines than the page shows
 
 
 def _count(n: int, word: str) -> str:
@@ -170,6 +206,8 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
         ]
     )
     state = RunState(status["state"])
+    lines = TaskLogs(reader.sessions).lines(run_id, limit=PAGE_LOG_LINES)
+    notes = [line.message for line in lines if line.attempt is None]
     return RunDetail(
         status=status,
         duration=duration_seconds(run),
@@ -179,4 +217,7 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
         last_event_id=max((e["id"] for e in events), default=0),
         can_cancel=not state.finished,
         can_resume=state in (RunState.FAILED, RunState.CANCELLED) and bool(run.definition_hash),
+        logs=log_panels(lines),
+        log_notes=notes,
+        logs_cut=len(lines) - len(notes) >= PAGE_LOG_LINES,
     )

@@ -6,7 +6,7 @@ id sent; one run's state and task states; the set of live nodes) and sends:
 * ``run-event``: a new event of the run (or of any run), with the event's id as
   the SSE id, so a browser that reconnects (``Last-Event-ID``) misses nothing;
 * ``run-state``: the run's state or a task's state changed without an event
-  (a task started);
+  (a task started), or a task logged a line (the page shows its log);
 * ``nodes``: a node came up, was lost or stopped (streams not about one run);
 * ``ready``, once, after the first poll: changes from then on will be sent.
 

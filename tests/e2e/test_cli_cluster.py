@@ -375,7 +375,7 @@ def test_status_json_is_the_final_status_and_status_prints_it(
 
 
 def test_unknown_run_ids_fail_clearly(cluster: LocalCluster) -> None:
-    for command in ("status", "events"):
+    for command in ("status", "events", "logs"):
         result = cluster.cli(command, "no-such-run")
         assert result.returncode != 0 and result.stdout == "", (command, result.stdout)
         assert "no run 'no-such-run'" in result.stderr and "Traceback" not in result.stderr, command
@@ -534,3 +534,66 @@ def test_resume_of_a_succeeded_run_is_refused(cluster: LocalCluster, succeeded: 
     )
     assert "resume_requested" not in [e["kind"] for e in cluster.json("events", succeeded.run_id)]
     assert cluster.status(succeeded.run_id)["attempt"] == 1
+
+
+def test_logs_prints_a_run_s_task_lines_and_follows_a_running_one(cluster: LocalCluster) -> None:
+    log, hold = cluster.log("talk"), cluster.dir / "talk-release"
+    package = cluster.package(
+        "talk",
+        [
+            {**task("talk", log, "chatter", lines=3, hold=str(hold)), "foreach": ["eu", "us"]},
+            {
+                "id": "shout",
+                "shell": "echo from the shell; printf '\\033[31m<red>\\n' >&2",
+                "depends_on": ["talk"],
+            },
+        ],
+        variables={"password": {"type": "str", "sensitive": True, "default": "pa55-in-clear"}},
+    )
+    run_id = cluster.cli("submit", str(package)).stdout.strip()
+    assert RUN_ID.fullmatch(run_id), run_id
+    wait_until(
+        lambda: any(e["event"] == "logged" for e in T.read_log(log)), timeout=60, what="the first item"
+    )
+    follow = subprocess.Popen(
+        [orchestrator_bin(), "logs", run_id, "--follow"],
+        cwd=cluster.dir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = follow.stdout.readline() if follow.stdout else ""
+        assert "talk[eu] #1 info    line 1 of eu" in first, first
+        hold.touch()
+        out, err = follow.communicate(timeout=60)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, err  # the run succeeded, and --follow ended with it
+    followed = [first.rstrip("\n"), *out.splitlines()]
+    assert followed[-2].endswith(" shout #1 info    from the shell"), followed
+    assert followed[-1].endswith("shout #1 info    \\x1b[31m<red>"), "a terminal escape is shown, not obeyed"
+    assert sum("password ***" in line for line in followed) == 2 and "pa55" not in out
+
+    printed = cluster.cli("logs", run_id)
+    assert printed.returncode == 0 and printed.stdout.splitlines() == followed
+    rows = [json.loads(line) for line in cluster.cli("logs", run_id, "--json").stdout.splitlines()]
+    assert {(r["task"], r["item"], r["attempt"]) for r in rows} == {
+        ("talk", "eu", 1),
+        ("talk", "us", 1),
+        ("shout", None, 1),
+    }
+    assert [r["message"] for r in rows if r["item"] == "us"] == [
+        "line 1 of us",
+        "line 2 of us",
+        "line 3 of us",
+        "connecting with password ***",
+    ]
+    only = cluster.cli("logs", run_id, "--task", "shout", "--json").stdout.splitlines()
+    assert [json.loads(line)["message"] for line in only] == ["from the shell", "\x1b[31m<red>"]
+    assert cluster.cli("logs", run_id, "--attempt", "2").stdout == ""
+    wrong = cluster.cli("logs", run_id, "--task", "nope")
+    assert wrong.returncode == 2 and "has no task 'nope'" in wrong.stderr

@@ -209,6 +209,40 @@ def test_a_node_killed_mid_run_shows_lost_and_resumed_on_the_open_page_without_a
         page.screenshot(path=screenshot, full_page=True)
 
 
+def test_the_run_page_shows_a_task_s_log_live_as_text(cluster: Cluster, page: Any) -> None:
+    url = start(cluster, "node-1")
+    gate = cluster.tmp / "gate"
+    package = parse_package(
+        {
+            "name": "talks",
+            "tasks": [
+                {"id": "gate", "python": "tests.support.tasks:step", "params": {"hold": str(gate)}},
+                {
+                    "id": "talk",
+                    "python": "tests.support.tasks:chatter",
+                    "params": {"lines": 2, "say": f"said {SCRIPT}"},
+                    "depends_on": ["gate"],
+                },
+            ],
+        }
+    )
+    run_id = cluster.client.submit(package)
+    wait_until(lambda: holding(cluster, 1), timeout=60, what=f"the gate to hold\n{cluster.tail()}")
+    page.goto(f"{url}runs/{run_id}")
+    expect(page.locator("#live-status")).to_have_text("live")
+    expect(page.locator("#logs")).to_contain_text("no task has logged anything yet")
+    mark(page)
+    gate.touch()
+    panel = page.locator('details.log[data-task="talk"][data-attempt="1"]')
+    expect(panel.locator(".log-line")).to_have_count(3)  # arrived while the page was open
+    expect(panel.locator(".log-line").nth(0)).to_contain_text("line 1 of talk")
+    expect(panel.locator(".log-line").nth(2)).to_contain_text(f"said {SCRIPT}")  # shown as text
+    expect(panel.locator("summary")).to_contain_text("attempt 1, 3 lines")
+    expect(page.locator("#run-state")).to_have_text("succeeded")
+    assert not_reloaded(page), "the page was reloaded"
+    assert page.evaluate("window.__xss") is None, "the log line's script ran"
+
+
 def test_cancel_works_with_the_token_and_is_refused_without_it(cluster: Cluster, page: Any) -> None:
     cluster.overrides["ORCHESTRATOR_UI_TOKEN"] = TOKEN
     url = start(cluster, "node-1")

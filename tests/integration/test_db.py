@@ -40,7 +40,7 @@ from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
 TABLES = {"packages", "runs", "attempts", "task_runs", "events", "nodes", "projections"}
-TABLES |= {"package_versions", "schedules", "maintenance"}
+TABLES |= {"package_versions", "schedules", "maintenance", "task_logs", "task_log_trims"}
 
 # Run by each child process: wait at a barrier so all children hit the
 # database at the same moment, then upgrade, or bump a counter many times.
@@ -379,6 +379,8 @@ def test_the_catalog_migration_goes_down_and_up_again(database_engine: Engine) -
         "schedules",
         "maintenance",
         "projections",
+        "task_logs",
+        "task_log_trims",
     } | {"alembic_version"}
     assert "package_version" not in {c["name"] for c in inspect(database_engine).get_columns("runs")}
     upgrade(database_engine)

@@ -22,9 +22,10 @@ from checkpoints import Checkpoint
 from orchestrator.control.operations import Operations
 from orchestrator.control.retention import Purger
 from orchestrator.control.scheduler import Scheduler
-from orchestrator.state.models import Attempt, Event, Run, TaskRun
+from orchestrator.state.models import Attempt, Event, Run, TaskLog, TaskLogTrim, TaskRun
 from orchestrator.state.retention import RetentionStore
 from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.tasklogs import TaskLogs, trim
 from orchestrator.state.types import utcnow
 from tests.integration.test_scheduler import Harness, make_harness, package, task
 from tests.support.ui import attempt_reporter
@@ -51,6 +52,10 @@ def make_run(harness: Harness, run_id: str, state: RunState | None, *, checkpoin
     repo.mark_claimed(run_id, 1, 1, "n1")
     reporter = attempt_reporter(repo, run_id, 1, "n1")
     reporter.task_started("a", None, 1)  # a task row, written as the cluster writes it
+    reporter.task_log("a", None, 1, "info", "first line of a")  # log lines, with a drop note
+    reporter.task_log("a", None, 1, "info", "second line of a")
+    with repo.sessions.begin() as session:
+        trim(session, {(run_id, "a")}, limit=1)
     reporter.flush()
     harness.store.fence("pkg", run_id, 1)
     if checkpoint:
@@ -82,13 +87,18 @@ def test_old_finished_runs_go_with_their_history_and_directories(harness: Harnes
     recent = make_run(harness, "recent", RunState.SUCCEEDED)
     age(harness, done)
     assert (directory(harness, done) / "epoch").exists()
-    assert all(rows(harness, model, done) for model in (Run, Attempt, TaskRun, Event))
+    history = (Run, Attempt, TaskRun, Event, TaskLog, TaskLogTrim)
+    assert all(rows(harness, model, done) for model in history)
 
     report = purger(harness).purge(timedelta(days=30))
 
     assert (report.runs, report.checkpoints, report.errors) == (1, 1, 0)
-    assert report.attempts == 1 and report.tasks == 1 and report.events >= 3
-    assert [rows(harness, model, done) for model in (Run, Attempt, TaskRun, Event)] == [0, 0, 0, 0]
+    assert report.attempts == 1 and report.tasks == 1 and report.events >= 3 and report.logs == 1
+    assert [rows(harness, model, done) for model in history] == [0] * len(history)
+    assert TaskLogs(harness.repo.sessions).lines(done) == [], "neither lines nor the drop note stay"
+    assert [line.message for line in TaskLogs(harness.repo.sessions).lines(recent)][1:] == [
+        "second line of a"
+    ]
     assert not directory(harness, done).exists(), "the directory goes, fence file included"
     assert directory(harness, done).parent.is_dir(), "the package's directory stays for its other runs"
     assert rows(harness, Run, recent) == 1 and directory(harness, recent).exists()
@@ -135,6 +145,8 @@ def test_a_dry_run_counts_and_deletes_nothing(harness: Harness) -> None:
         age(harness, make_run(harness, f"old-{n}", RunState.SUCCEEDED))
     report = purger(harness).purge(timedelta(days=30), dry_run=True)
     assert (report.runs, report.attempts, report.checkpoints, report.dry_run) == (3, 3, 3, True)
+    assert report.logs == 3
+    assert all(rows(harness, TaskLog, f"old-{n}") == 1 for n in range(3))
     assert all(rows(harness, Run, f"old-{n}") == 1 for n in range(3))
     assert all(directory(harness, f"old-{n}").exists() for n in range(3))
 

@@ -13,6 +13,7 @@ The harness here is shared with ``test_attempt.py``.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -531,9 +532,11 @@ def test_sql_records_each_dispatch_epoch_once(harness: Harness) -> None:
 def test_an_expired_lease_is_fenced_and_the_run_resubmitted(harness: Harness) -> None:
     run_id = harness.submit(TWO)
     first = harness.last(run_id)
+    claimed = time.monotonic()
     harness.node("n1").claim_and_die(first)
     harness.scheduler.tick()
-    assert harness.messages() == [first], "a live lease is not recovered"
+    if time.monotonic() - claimed < TTL:  # a loaded machine can take longer than the TTL to get here
+        assert harness.messages() == [first], "a live lease is not recovered"
     assert harness.repo.run_row(run_id).state is RunState.RUNNING
 
     harness.tick_until(lambda: len(harness.messages()) == 2, "the lost attempt to be resubmitted")

@@ -130,3 +130,20 @@ def handler(ctx: TaskContext) -> dict[str, Any]:
         raise RuntimeError(f"{ctx.task_id} failed on purpose")
     record(ctx, "end", handled=ctx.event)
     return {"handled": (ctx.event or {}).get("task")}
+
+
+def chatter(ctx: TaskContext) -> dict[str, Any]:
+    """Log ``lines`` numbered lines through ``ctx.log`` (then the ``password`` variable, if the
+    package declares it, and ``say``), record ``logged``, then hold like :func:`step` while ``hold``
+    is missing."""
+    lines = int(ctx.params.get("lines", 3))
+    for n in range(1, lines + 1):
+        ctx.log.info("line %d of %s", n, ctx.task_id if ctx.item is None else ctx.item)
+    if "password" in ctx.vars:
+        ctx.log.warning("connecting with password %s", ctx.vars["password"])
+    if "say" in ctx.params:
+        ctx.log.info("%s", ctx.params["say"])
+    record(ctx, "logged")
+    if "hold" in ctx.params:
+        wait_for_file(ctx.params["hold"])
+    return {"lines": lines}
