@@ -39,11 +39,15 @@ def utcnow() -> datetime:
 
 
 class TaskRecord(BaseModel):
-    """A task that finished: its outcome is final for this run."""
+    """A task (or an event handler) that ended: its outcome is final for this run.
+
+    ``skipped``: it did not run and never will in this run (its precedence
+    constraints could not be met, or its condition was false).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Literal["succeeded", "failed"]
+    state: Literal["succeeded", "failed", "skipped"]
     output: JSON = None
     error: str | None = None
     finished_at: datetime = Field(default_factory=utcnow)
@@ -58,6 +62,10 @@ class Checkpoint(BaseModel):
     variables encrypted (never in clear text; absent when no key is configured);
     ``writers`` maps a variable to the unit (``task`` or ``task[item]``) that last
     wrote it, so that a resumed run still finds two concurrent units writing it.
+    ``events`` maps an event handler job (``on_error:<unit>``, ``on_success``,
+    ``on_finish``) to the event it was given, recorded before its handlers run;
+    ``handlers`` maps ``<job>:<handler id>`` to the handler's record: a resumed
+    run runs the handlers of every recorded event that have no record yet.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +82,8 @@ class Checkpoint(BaseModel):
     secrets: dict[str, str] = Field(default_factory=dict)
     progress: dict[str, JSON] = Field(default_factory=dict)
     writers: dict[str, str] = Field(default_factory=dict)
+    events: dict[str, dict[str, JSON]] = Field(default_factory=dict)
+    handlers: dict[str, TaskRecord] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

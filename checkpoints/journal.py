@@ -45,7 +45,9 @@ class Change:
     * ``progress``: in-task progress, ``{task or task:item: value}``;
     * ``variables``: variables set, in clear (never a sensitive one);
     * ``secrets``: sensitive variables set, encrypted (:class:`~checkpoints.secrets.SecretBox`);
-    * ``writers``: the unit that wrote each of those variables.
+    * ``writers``: the unit that wrote each of those variables;
+    * ``events``: event handler jobs and their events; ``handlers``: handlers that
+      ended (their progress is dropped).
     """
 
     tasks: Mapping[str, TaskRecord] = field(default_factory=dict)
@@ -54,6 +56,8 @@ class Change:
     variables: Mapping[str, JSON] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
     writers: Mapping[str, str] = field(default_factory=dict)
+    events: Mapping[str, Mapping[str, JSON]] = field(default_factory=dict)
+    handlers: Mapping[str, TaskRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,11 @@ class _Body(BaseModel):
     variables: dict[str, JSON] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     writers: dict[str, str] = Field(default_factory=dict)
+    events: dict[str, dict[str, JSON]] = Field(default_factory=dict)
+    handlers: dict[str, TaskRecord] = Field(default_factory=dict)
 
 
-_PARTS = ("items", "progress", "variables", "secrets", "writers")
+_PARTS = ("items", "progress", "variables", "secrets", "writers", "events")
 
 
 def encode_record(change: Change, *, seq: int, epoch: int) -> bytes:
@@ -86,6 +92,8 @@ def encode_record(change: Change, *, seq: int, epoch: int) -> bytes:
     body: dict[str, Any] = {"seq": seq, "epoch": epoch}
     if change.tasks:
         body["tasks"] = {task: record.model_dump(mode="json") for task, record in change.tasks.items()}
+    if change.handlers:
+        body["handlers"] = {key: record.model_dump(mode="json") for key, record in change.handlers.items()}
     for part in _PARTS:
         value = getattr(change, part)
         if value:
@@ -112,7 +120,16 @@ def _parse(line: bytes) -> Record | None:
         body = _Body.model_validate_json(data)
     except ValidationError:
         return None
-    change = Change(body.tasks, body.items, body.progress, body.variables, body.secrets, body.writers)
+    change = Change(
+        body.tasks,
+        body.items,
+        body.progress,
+        body.variables,
+        body.secrets,
+        body.writers,
+        body.events,
+        body.handlers,
+    )
     return Record(body.seq, body.epoch, change)
 
 
@@ -180,6 +197,10 @@ def apply(checkpoint: Checkpoint, record: Record | Change, *, epoch: int | None 
     checkpoint.variables.update(change.variables)
     checkpoint.secrets.update(change.secrets)
     checkpoint.writers.update(change.writers)
+    checkpoint.events.update({key: dict(event) for key, event in change.events.items()})
+    for key, handler_record in change.handlers.items():
+        checkpoint.handlers[key] = handler_record
+        checkpoint.progress.pop(key, None)
     if written_at is not None and written_at > checkpoint.epoch:
         checkpoint.epoch = written_at
 

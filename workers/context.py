@@ -175,6 +175,9 @@ class TaskContext:
     idempotency_key: str
     log: TaskLogger
     _cancelled: Flag = field(repr=False)
+    event: Mapping[str, Any] | None = None
+    """In an event handler: ``{task, item, error, attempt}`` (on_error) or
+    ``{state, error, attempt}`` (on_success, on_finish); else None."""
 
     @property
     def cancelled(self) -> bool:

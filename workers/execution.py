@@ -44,6 +44,7 @@ class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    handlers: dict[str, TaskState] = field(default_factory=dict)  # ``<job>:<handler id>`` -> its state
     resumed: bool = False
     checkpoint_kept: bool = False
 
@@ -74,6 +75,12 @@ class ExecutionHooks:
         seconds: float,
         error: str | None,
     ) -> None: ...
+
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        """An event handler ended: ``key`` is its record's (``<job>:<handler id>``); ``state``
+        succeeded, failed or skipped. Its tries were reported by ``task_started`` under its id."""
 
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         """A foreach's items are known: ``items`` in all, ``finished`` of them by an earlier attempt."""
@@ -127,6 +134,11 @@ class SerialHooks(ExecutionHooks):
         self, task_id: str, item: ForeachItem | None, state: TaskState, seconds: float, error: str | None
     ) -> None:
         self._call(self.hooks.task_finished, task_id, item, state, seconds, error)
+
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        self._call(self.hooks.handler_finished, key, handler, state, seconds, error)
 
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         self._call(self.hooks.foreach_started, task_id, items, finished)

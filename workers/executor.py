@@ -15,6 +15,10 @@ worker node calls for one attempt of a run. It
   (:mod:`workers.commit`), and a new snapshot when the journal outgrows it;
 * retries failed units, enforces timeouts, records non-fatal failures and
   lets independent branches go on when one branch fails;
+* follows precedence constraints and conditions (success, failure, completion;
+  ``depends_on_mode``; ``when``), records skipped tasks and failures handled by a
+  failure constraint, and runs event handlers (:mod:`workers.handlers`), each
+  recorded once it ended (docs/control-flow.md);
 * deletes the checkpoint when the run succeeded (unless told to keep it).
 
 The rule for variables written by units that run at the same time is in
@@ -45,6 +49,7 @@ from checkpoints import (
 from checkpoints.format import utcnow
 from orchestrator.observability.logs import log_context
 from orchestrator.observability.masking import Masker
+from orchestrator.packages.flow import Outcome
 from orchestrator.packages.kinds import CheckpointUsage
 from orchestrator.packages.model import ForeachItem, Task, item_key
 from orchestrator.packages.templating import TemplateError, render
@@ -60,7 +65,9 @@ from workers.errors import (
     VariableConflict,
 )
 from workers.execution import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, SerialHooks
-from workers.plan import Plan, Unit, task_of
+from workers.flowrun import FlowRun
+from workers.handlers import HandlerRunner
+from workers.plan import HandlerJob, Plan, Unit, task_of
 from workers.units import UnitRunner, describe
 
 __all__ = ["ExecutionHooks", "ExecutionOptions", "RunRequest", "RunResult", "execute"]
@@ -94,8 +101,10 @@ class _Report:
     reason: str = "task"
 
 
-class _Run:
-    """The state of one attempt; see :func:`execute`. ``lock`` guards every field below it."""
+class _Run(FlowRun):
+    """The state of one attempt; see :func:`execute`. ``lock`` guards every field below it.
+
+    Its control flow (skipped tasks, conditions, event handlers) is :class:`~workers.flowrun.FlowRun`'s."""
 
     def __init__(self, request: RunRequest, options: ExecutionOptions) -> None:
         self.request, self.package, self.options = request, request.package, options
@@ -133,6 +142,10 @@ class _Run:
         self.over = threading.Event()  # set when the run is over or interrupted: the main thread waits on it
         self.context = contextvars.copy_context()
         self.units = UnitRunner(self)
+        self.handler_runner = HandlerRunner(self, self.units)
+        self.handler_states: dict[str, TaskState] = {}
+        self.queued: set[str] = set()  # on_error jobs queued by this attempt
+        self.final_stage = 0  # on_success, then on_finish: queued once the graph is over
 
     # -- start ---------------------------------------------------------------
 
@@ -146,7 +159,9 @@ class _Run:
         missing_required(self.package, self.variables)
         self.masker = Masker(v for n, v in self.variables.items() if n in self.sensitive)
         finished_items = {task: list(done) for task, done in self.state.items.items()}
-        self.plan = Plan(self.package, set(self.state.tasks), finished_items)
+        recorded = {task_id: Outcome(record.state) for task_id, record in self.state.tasks.items()}
+        self.plan = Plan(self.package, set(self.state.tasks), finished_items, recorded)
+        self._requeue_events()
         self._open()  # the first write carries the new epoch: older attempts are fenced from here
 
     def _load(self) -> Checkpoint | None:
@@ -182,6 +197,7 @@ class _Run:
         self.state = checkpoint
         for task_id, record in checkpoint.tasks.items():
             self.states[task_id] = TaskState(record.state)
+        self.handler_states = {key: TaskState(record.state) for key, record in checkpoint.handlers.items()}
         self.skipped = [t.id for t in self.package.tasks if t.id in checkpoint.tasks]
 
     def _open(self) -> None:
@@ -245,8 +261,8 @@ class _Run:
         try:
             with self.lock:
                 self._expand()
-                self._wake()
                 self._check_over()
+                self._wake()
             while not self.over.wait(POLL):
                 with self.lock:
                     self._watch()
@@ -259,6 +275,8 @@ class _Run:
     def _check_over(self) -> bool:
         """If nothing runs and nothing can start any more, say so to everyone (under the lock)."""
         if not self.plan.over():
+            return False
+        if self._queue_final():
             return False
         self.over.set()
         self.lock.notify_all()  # idle workers leave
@@ -299,6 +317,7 @@ class _Run:
                 outputs={k: r.output for k, r in self.state.tasks.items()},
                 variables=public,
                 skipped=list(self.skipped),
+                handlers=dict(self.handler_states),
                 resumed=self.resumed,
             )
 
@@ -324,7 +343,10 @@ class _Run:
     def _work(self) -> None:
         try:
             while (unit := self._next_unit()) is not None:
-                self.units.execute(unit)
+                if isinstance(unit, HandlerJob):
+                    self.handler_runner.run(unit)
+                else:
+                    self.units.execute(unit)
         except BaseException as exc:  # a defect here must stop the run, not leave it waiting
             self.interrupt(exc)
             raise
@@ -332,18 +354,21 @@ class _Run:
             with self.lock:
                 self.workers -= 1
 
-    def _next_unit(self) -> Unit | None:
+    def _next_unit(self) -> Unit | HandlerJob | None:
         with self.lock:
             while self.interrupted is None and not self.stop.is_set():
                 self._expand()
                 unit = self.plan.take()
-                if unit is not None:
+                if isinstance(unit, Unit):
                     self.states[unit.task.id] = TaskState.RUNNING
                     self.started.setdefault(unit.task.id, time.monotonic())
+                if unit is not None:
                     self._wake()
                     return unit
                 if self._check_over():
                     return None
+                if self.plan.available():  # the end's handlers were just queued
+                    continue
                 self.idle += 1
                 try:
                     self.lock.wait()
@@ -352,8 +377,14 @@ class _Run:
             return None
 
     def _expand(self) -> None:
-        """List the items of every foreach that became ready (under the lock)."""
-        while tasks := self.plan.expansions():
+        """Settle what was decided and list the items of each foreach that became ready, until
+        neither changes anything (under the lock): a failed listing or an empty foreach decides
+        more tasks, which must be settled before anyone concludes the run is over."""
+        while True:
+            self._settle()
+            tasks = self.plan.expansions()
+            if not tasks:
+                return
             task = tasks[0]
             try:
                 items = self._foreach_items(task)
@@ -383,7 +414,8 @@ class _Run:
     # -- what the units report (called by workers.units) --------------------------------
 
     def outputs(self) -> dict[str, Any]:
-        return {task_id: record.output for task_id, record in self.state.tasks.items()}
+        """The outputs of the tasks that succeeded (a skipped or failed task has none)."""
+        return {t: record.output for t, record in self.state.tasks.items() if record.state == "succeeded"}
 
     def unit_succeeded(self, unit: Unit, output: Any, writes: dict[str, Any], seconds: float) -> None:
         """Record a unit's success and its variable writes, in one record; report it once durable.
@@ -430,6 +462,7 @@ class _Run:
                 self.task_failed(unit.task, exc, seconds)
             else:
                 self.item_errors.setdefault(unit.task.id, exc)
+                self._on_error(unit.task.id, unit.item, self.masker(describe(exc)))
                 if last:
                     self._foreach_failed(unit.task)
             self._wake(spare=1)
@@ -475,23 +508,39 @@ class _Run:
             "writers": dict.fromkeys(writes, unit.label),
         }
 
-    def task_failed(self, task: Task, exc: Exception, seconds: float) -> None:
-        """The task failed (under the lock): the package fails, or the failure is recorded."""
+    def task_failed(self, task: Task, exc: Exception, seconds: float, *, event: bool = True) -> None:
+        """The task failed (under the lock): its on_error event first (recorded before the failure,
+        so a crash between the two cannot lose it), then the package fails, or the failure is
+        recorded (``fail_package_on_failure: false``, or a failure constraint handles it)."""
         error = self.masker(f"task {task.id!r} failed: {describe(exc)}")
         self.states[task.id] = TaskState.FAILED
         if task.foreach is not None:
             self.hooks.task_finished(task.id, None, TaskState.FAILED, seconds, error)
-        if task.fail_package_on_failure:
+        if event:
+            self._on_error(task.id, None, self.masker(describe(exc)))
+        if self.plan.fails_package(task):
             self.failures.append(error)
-            for blocked in self.plan.task_failed(task.id):
-                self.states[blocked] = TaskState.UPSTREAM_FAILED
+            self.plan.task_failed(task.id, recorded=False)
             return
-        log.warning("%s (fail_package_on_failure is false: the package goes on)", error)
-        change = Change(tasks={task.id: TaskRecord(state="failed", error=error)})
-        self._commit([change], [], finished=task)
+        why = (
+            "handled by a failure constraint"
+            if task.fail_package_on_failure
+            else "fail_package_on_failure is false"
+        )
+        log.warning("%s (%s: the package goes on)", error, why)
+        self._commit([Change(tasks={task.id: TaskRecord(state="failed", error=error)})], [])
+        self.plan.task_failed(task.id, recorded=True)
 
     def _foreach_failed(self, task: Task) -> None:
-        self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task))
+        self.task_failed(task, self.item_errors.pop(task.id), self._elapsed(task), event=False)
+
+    def _skip(self, task: Task, final: bool) -> None:
+        if not final:  # blocked by a failure that a resumed run retries
+            self.states[task.id] = TaskState.UPSTREAM_FAILED
+            return
+        self.states[task.id] = TaskState.SKIPPED
+        change = Change(tasks={task.id: TaskRecord(state="skipped")})
+        self._commit([change], [_Report(Unit(task), TaskState.SKIPPED, 0.0)])
 
     def _task_done(self, task: Task) -> list[Change]:
         """The record of a foreach that finished: its output is every item's, in item order."""
@@ -510,12 +559,10 @@ class _Run:
             apply(self.state, change)
         return self.commits.submit(changes) if self.commits is not None else None
 
-    def _commit(self, changes: list[Change], reports: list[_Report], finished: Task | None = None) -> None:
-        """Submit and wait, under the lock (rare paths: failures recorded, empty foreach)."""
+    def _commit(self, changes: list[Change], reports: list[_Report]) -> None:
+        """Submit and wait, under the lock (rare paths: failures recorded, skips, events, empty foreach)."""
         ticket = self._submit(changes)
         self._durable(ticket, reports)
-        if finished is not None:
-            self.plan.task_finished(finished.id)
 
     def _durable(self, ticket: Ticket | None, reports: list[_Report], reason: str = "") -> None:
         """Wait until ``ticket`` is durable, then report; release what finished; compact if due."""

@@ -34,6 +34,12 @@ class AllHooks(ExecutionHooks):
         for hooks in self.hooks:
             hooks.task_finished(task_id, item, state, seconds, error)
 
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        for hooks in self.hooks:
+            hooks.handler_finished(key, handler, state, seconds, error)
+
     def foreach_started(self, task_id: str, items: int, finished: int) -> None:
         for hooks in self.hooks:
             hooks.foreach_started(task_id, items, finished)
@@ -85,7 +91,7 @@ class MetricsHooks(ExecutionHooks):
         task = bounded("task", f"{self.package}/{task_id}").partition("/")[2] or "other"
         if state is TaskState.FAILED:
             self.m.task_failures.labels(package=self.package, task=task).inc()
-        else:
+        elif state is TaskState.SUCCEEDED:
             self.m.task_duration.labels(package=self.package, task=task).observe(seconds)
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:

@@ -48,6 +48,13 @@ FLUSH_DELAY = 0.05
 """Seconds a record may wait for company before it is appended on its own."""
 
 
+_TASK_EVENTS = {
+    TaskState.SUCCEEDED: "task_done",
+    TaskState.SKIPPED: "task_skipped",
+    TaskState.FAILED: "task_failed",
+}
+
+
 class AttemptReporter(ExecutionHooks):
     """Execution hooks that report one attempt through the event stream (see the module docstring)."""
 
@@ -83,13 +90,27 @@ class AttemptReporter(ExecutionHooks):
         detail: dict[str, Any] = {"task": task_id, "seconds": round(seconds, 3)}
         if error:
             detail["error"] = error
-        kind = "task_done" if state is TaskState.SUCCEEDED else "task_failed"
+        kind = _TASK_EVENTS.get(state, "task_failed")
         change = TaskChange(task_id, state=state.value, seconds=seconds, error=error)
         self._add("event", kind, detail, (change,))
 
     def copy_progress(self, task_id: str, item: ForeachItem | None, detail: dict[str, Any]) -> None:
         where = {"task": task_id} if item is None else {"task": task_id, "item": item}
         self._add("event", "copy_progress", {**where, **detail}, ())
+
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        """``handler_done``, ``handler_failed`` or ``handler_skipped``; the handler's row (by its id)
+        shows its last run. Sent at once: a resumed run does not run an ended handler again, so
+        a record lost with its node would never be sent."""
+        job = key.rsplit(":", 1)[0]
+        detail: dict[str, Any] = {"handler": handler, "job": job, "seconds": round(seconds, 3)}
+        if error:
+            detail["error"] = error
+        kind = "handler_" + _TASK_EVENTS.get(state, "task_failed").removeprefix("task_")
+        change = TaskChange(handler, state=state.value, seconds=seconds, error=error)
+        self._add("event", kind, detail, (change,), flush=True)
 
     def task_log(
         self, task_id: str, item: ForeachItem | None, try_number: int, level: str, message: str

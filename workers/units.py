@@ -84,7 +84,7 @@ class UnitRunner:
         """Run ``unit`` with its retries and hand the outcome to the run."""
         started = time.monotonic()
         try:
-            output, variables, seconds = self._tries(unit)
+            output, variables, seconds = self.tries(unit)
             writes = variables.changes()
         except (RunInterrupted, KeyboardInterrupt) as exc:
             self._abandon(unit, exc)
@@ -108,7 +108,7 @@ class UnitRunner:
         self.host.interrupt(exc)
         self.host.unit_abandoned(unit)
 
-    def _tries(self, unit: Unit) -> tuple[Any, TaskVariables, float]:
+    def tries(self, unit: Unit) -> tuple[Any, TaskVariables, float]:
         """Run the unit until a try succeeds; return its output, its variables and its seconds.
 
         Its success is recorded by the caller (the run), which reports it once durable.
@@ -150,7 +150,9 @@ class UnitRunner:
         task_stop = threading.Event()
         stopped = _Either(task_stop, host.stop)
         with host.lock:
-            variables = TaskVariables(host.package, host.variables, writes=task.writes, unit=unit.label)
+            # An event handler assigns no variable: it may run beside any unit (docs/control-flow.md).
+            writes = () if unit.handler is not None else task.writes
+            variables = TaskVariables(host.package, host.variables, writes=writes, unit=unit.label)
             outputs = read_only(host.outputs())
             saved = host.state.progress.get(unit.key)
 
@@ -180,6 +182,7 @@ class UnitRunner:
                 ),
             ),
             _cancelled=stopped,
+            event=unit.event,
         )
         output = self._call(task, ctx, task_stop, stopped)
         # A task that returned because it saw ctx.cancelled did not finish its work:

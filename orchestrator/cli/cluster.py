@@ -186,8 +186,13 @@ def _print_status(found: dict[str, Any]) -> None:
     table.add_column("state")
     table.add_column("progress")
     progress = found.get("progress", {})
+    flow = found.get("flow") or {}
     for task_id, state in found["tasks"].items():
-        table.add_row(task_id, state, _progress_text(progress.get(task_id)))
+        table.add_row(
+            escape(task_id + _flow_note(flow.get(task_id))), state, _progress_text(progress.get(task_id))
+        )
+    for handler_id, state in (found.get("handlers") or {}).items():
+        table.add_row(escape(f"{handler_id} (handler)"), state, "")
     out.print(table)
     if found["error"]:
         out.print(f"[red]error[/]: {escape(found['error'])}")
@@ -199,6 +204,16 @@ def _progress_text(detail: dict[str, Any] | None) -> str:
         return ""
     rate = detail.get("rows_per_second")
     return f"{detail['rows']} rows" + (f", {rate:g} rows/s" if rate else "")
+
+
+def _flow_note(flow: dict[str, Any] | None) -> str:
+    """`` (after load: failure [any] when ...)`` for a task whose flow is more than success dependencies."""
+    if not flow:
+        return ""
+    after = ", ".join(f"{c['task']}: {c.get('on', 'success')}" for c in flow.get("depends_on") or [])
+    mode = " [any]" if flow.get("mode") == "any" else ""
+    when = f" when {flow['when']}" if flow.get("when") else ""
+    return f" (after {after or '-'}{mode}{when})"
 
 
 @app.command()

@@ -29,7 +29,11 @@ _STATE_STYLE = {
     TaskState.CANCELLED: "yellow",
     TaskState.PENDING: "dim",
     TaskState.RUNNING: "cyan",
+    TaskState.SKIPPED: "dim",
 }
+
+_ENDED = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED)
+_MARKS = {TaskState.SUCCEEDED: "[green]✓[/]", TaskState.SKIPPED: "[dim]-[/]"}
 
 
 def _unit(task_id: str, item: ForeachItem | None) -> tuple[str, str | None]:
@@ -118,21 +122,31 @@ class ProgressDisplay(ExecutionHooks):
         seconds: float,
         error: str | None,
     ) -> None:
-        mark = "[green]✓[/]" if state is TaskState.SUCCEEDED else "[red]✗[/]"
-        detail = f" {escape(error)}" if error else ""
+        mark = _MARKS.get(state, "[red]✗[/]")
+        detail = f" {escape(error)}" if error else (" skipped" if state is TaskState.SKIPPED else "")
         with self._lock:
             self._say(f"{mark} {_label(task_id, item)} [dim]{seconds:.2f}s[/]{detail}")
             self._running.pop(_unit(task_id, item), None)
-            if item is None and state is TaskState.SUCCEEDED:
+            if item is None and state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
                 self.progress.advance(self.bar)
             elif item is not None and state is TaskState.SUCCEEDED and task_id in self._item_bars:
                 self.progress.advance(self._item_bars[task_id])
             self._describe()
 
+    def handler_finished(
+        self, key: str, handler: str, state: TaskState, seconds: float, error: str | None
+    ) -> None:
+        mark = _MARKS.get(state, "[red]✗[/]")
+        detail = f" {escape(error)}" if error else (" skipped" if state is TaskState.SKIPPED else "")
+        with self._lock:
+            self._say(f"{mark} handler {escape(key)} [dim]{seconds:.2f}s[/]{detail}")
+            self._running.pop(_unit(handler, None), None)
+            self._describe()
+
     def run_finished(self, result: RunResult) -> None:
         self.progress.update(
             self.bar,
-            completed=sum(s in (TaskState.SUCCEEDED, TaskState.FAILED) for s in result.tasks.values()),
+            completed=sum(s in _ENDED for s in result.tasks.values()),
         )
 
 
@@ -144,6 +158,8 @@ def print_result(console: Console, result: RunResult) -> None:
     for task_id, state in result.tasks.items():
         note = " (from checkpoint)" if task_id in result.skipped else ""
         table.add_row(task_id, f"[{_STATE_STYLE[state]}]{state.value}[/]{note}")
+    for key, state in result.handlers.items():
+        table.add_row(f"{escape(key)} (handler)", f"[{_STATE_STYLE[state]}]{state.value}[/]")
     console.print(table)
     if result.state is RunState.SUCCEEDED:
         console.print("[bold green]succeeded[/]")

@@ -10,11 +10,14 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from checkpoints import is_s3_url, open_store, validate_run_id
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.console import ProgressDisplay, print_result
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.packages.kinds import CheckpointUsage
+from orchestrator.packages.model import Package
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
 from orchestrator.runtime.settings import get_settings
@@ -31,6 +34,28 @@ def validate(file: Annotated[Path, typer.Argument(help="Package file (YAML or JS
     out.print(
         f"[green]ok[/]: package {package.name!r}, {tasks} task(s), definition {package.definition_hash[:12]}"
     )
+    for line in flow_lines(package):
+        out.print(escape(line), highlight=False)
+
+
+def flow_lines(package: Package) -> list[str]:
+    """The control flow ``validate`` shows: constraints other than plain success, modes,
+    conditions, and event handlers (docs/control-flow.md)."""
+    lines: list[str] = []
+    for task in package.tasks:
+        plain = all(c.on == "success" for c in task.constraints) and task.depends_on_mode == "all"
+        if plain and task.when is None:
+            continue
+        after = ", ".join(f"{c.task} ({c.on.value})" for c in task.constraints) or "start"
+        line = f"  {task.id}: after {after}" + (
+            f" [{task.depends_on_mode.value}]" if len(task.constraints) > 1 else ""
+        )
+        lines.append(line + (f" when {task.when}" if task.when is not None else ""))
+    for section in HANDLER_SECTIONS:
+        handlers = package.handlers(section)
+        if handlers:
+            lines.append(f"  {section}: " + ", ".join(h.id for h in handlers))
+    return lines
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -45,6 +70,7 @@ def result_json(result: RunResult) -> dict[str, Any]:
         "tasks": {task_id: state.value for task_id, state in result.tasks.items()},
         "error": result.error,
         "skipped": result.skipped,
+        "handlers": {key: state.value for key, state in result.handlers.items()},
         "resumed": result.resumed,
         "checkpoint_kept": result.checkpoint_kept,
     }

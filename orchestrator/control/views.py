@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.control.liveness import Liveness
 from orchestrator.errors import InvalidInput
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.state.models import Event, Run
 from orchestrator.state.repository import Repository
 from orchestrator.state.states import TaskState
@@ -55,10 +56,13 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
     """
     run = repository.run_row(run_id)
     tasks: dict[str, str] = {}
+    definition: dict[str, Any] = {}
     if run.definition_hash:
         definition = repository.definition(run.package, run.definition_hash)
         tasks = {t["id"]: TaskState.PENDING.value for t in definition["tasks"]}
     tasks.update({task_id: row.state.value for task_id, row in repository.task_states(run_id).items()})
+    handler_ids = {h["id"] for section in HANDLER_SECTIONS for h in definition.get(section) or []}
+    handlers = {h: tasks.pop(h) for h in sorted(handler_ids) if h in tasks}
     return {
         "run_id": run.id,
         "package": run.package,
@@ -71,11 +75,28 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
         "node": run.node,
         "tasks": tasks,
         "progress": repository.task_progress(run_id),
+        "handlers": handlers,
+        "flow": flow_of(definition),
         "error": run.error,
         "submitted_at": run.submitted_at.isoformat(),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
     }
+
+
+def flow_of(definition: dict[str, Any]) -> dict[str, Any]:
+    """The control flow of the tasks that have more than plain success dependencies:
+    ``{task: {depends_on: [{task, on}], mode, when}}`` (docs/control-flow.md)."""
+    flow: dict[str, Any] = {}
+    for task in definition.get("tasks") or []:
+        entries = [
+            e if isinstance(e, dict) else {"task": e, "on": "success"} for e in task.get("depends_on") or []
+        ]
+        mode, when = task.get("depends_on_mode", "all"), task.get("when")
+        if all(e.get("on", "success") == "success" for e in entries) and mode == "all" and when is None:
+            continue
+        flow[task["id"]] = {"depends_on": entries, "mode": mode, "when": when}
+    return flow
 
 
 def event_row(event: Event) -> dict[str, Any]:

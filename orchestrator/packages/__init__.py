@@ -6,7 +6,10 @@ Modules: :mod:`~orchestrator.packages.model` (the pydantic model),
 :mod:`~orchestrator.packages.graph` (checks of the task graph and its templates),
 :mod:`~orchestrator.packages.builder` (the same model from Python),
 :mod:`~orchestrator.packages.variables` (typed variable values),
-:mod:`~orchestrator.packages.templating` (``{{ vars.x }}`` / ``{{ outputs.t.k }}``).
+:mod:`~orchestrator.packages.templating` (``{{ vars.x }}`` / ``{{ outputs.t.k }}``),
+:mod:`~orchestrator.packages.flow` (precedence constraints and what they decide),
+:mod:`~orchestrator.packages.conditions` (``when:`` conditions in CEL),
+:mod:`~orchestrator.packages.flowcheck` (validation of the control flow).
 """
 
 from orchestrator.packages.builder import PackageBuilder

@@ -49,12 +49,19 @@ class _TaskOptions(TypedDict, total=False):
     retry_delay: float
     timeout: float | None
     foreach: Sequence[ForeachItem] | str
-    depends_on: Iterable[str]
+    depends_on: Iterable[str | Mapping[str, str]]  # an id, or {"task": id, "on": "failure"}...
+    depends_on_mode: str
+    when: str
     fail_package_on_failure: bool
     always_rerun: bool
     description: str
     concurrency: int
     writes: Iterable[str]
+
+
+class _HandlerOptions(_TaskOptions, total=False):
+    python: str
+    shell: str
 
 
 class PackageBuilder:
@@ -102,6 +109,13 @@ class PackageBuilder:
     def shell(self, task_id: str, command: str, **options: Unpack[_TaskOptions]) -> Self:
         """Add a task running ``command``; ``{{ ... }}`` values are shell-quoted when run."""
         return self._task({"id": task_id, "shell": command}, options)
+
+    def handler(self, section: str, handler_id: str, **options: Unpack[_HandlerOptions]) -> Self:
+        """Add an event handler to ``on_error``, ``on_success`` or ``on_finish`` (docs/control-flow.md);
+        give ``python`` or ``shell`` among the options."""
+        handler = {"id": handler_id, **{key: _as_data(value) for key, value in options.items()}}
+        self._data.setdefault(section, []).append(handler)
+        return self
 
     def _task(self, task: dict[str, Any], options: _TaskOptions) -> Self:
         task.update({key: _as_data(value) for key, value in options.items()})

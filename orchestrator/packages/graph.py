@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from orchestrator.errors import Issue
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS, constraint_task, flow_issues
 from orchestrator.packages.kinds import VariableType
 from orchestrator.packages.templating import EXPRESSION, TemplateError, parse_expression
 
@@ -36,6 +37,25 @@ def graph_issues(data: Any) -> list[Issue]:
     declared = dict(variables) if isinstance(variables, Mapping) else None
     issues.extend(_template_issues(tasks, graph, declared))
     issues.extend(write_issues(tasks, graph, declared, data.get("max_concurrency")))
+    issues.extend(flow_issues(data, graph, declared, _ancestors))
+    for section in HANDLER_SECTIONS:
+        handlers = data.get(section)
+        if isinstance(handlers, list):
+            issues.extend(_handler_template_issues(section, handlers, set(index), declared))
+    return issues
+
+
+def _handler_template_issues(
+    section: str, handlers: list[Any], tasks: set[str], variables: dict[str, Any] | None
+) -> list[Issue]:
+    """Templates of event handlers: any task's output may be read (a handler runs after it)."""
+    issues: list[Issue] = []
+    for position, handler in enumerate(handlers):
+        if not isinstance(handler, Mapping):
+            continue
+        for field in ("params", "shell"):
+            for where, text in _strings(handler.get(field), f"{section}[{position}].{field}"):
+                issues.extend(_reference_issues(where, text, tasks, variables))
     return issues
 
 
@@ -66,8 +86,9 @@ def _dependencies(tasks: list[Any], index: dict[str, int], issues: list[Issue]) 
         depends_on = task.get("depends_on") or []
         if not isinstance(depends_on, list):
             continue
-        for slot, dependency in enumerate(depends_on):
-            if not isinstance(dependency, str):
+        for slot, entry in enumerate(depends_on):
+            dependency = constraint_task(entry)
+            if dependency is None:
                 continue
             if dependency == task_id:
                 issues.append(

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from orchestrator.packages.etl import Connection, ConnectionName, CopySpec, SqlSpec
+from orchestrator.packages.flow import Constraint, DependsMode, DependsOnEntry, constraint_of
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.packages.graph import graph_issues
 from orchestrator.packages.kinds import CheckpointUsage, VariableType
 from orchestrator.packages.templating import EXPRESSION
@@ -104,7 +106,9 @@ class Task(_Strict):
     retry_delay: StrictFloat = Field(default=0.0, ge=0, le=3600)
     timeout: StrictFloat | None = Field(default=None, gt=0)
     foreach: Any = None
-    depends_on: list[TaskId] = Field(default_factory=list)
+    depends_on: list[DependsOnEntry] = Field(default_factory=list)  # control flow: packages/flow.py
+    depends_on_mode: DependsMode = DependsMode.ALL
+    when: str | None = None
     fail_package_on_failure: StrictBool = True
     always_rerun: StrictBool = False
     concurrency: StrictInt = Field(default=1, ge=1, le=1000)
@@ -151,6 +155,16 @@ class Task(_Strict):
                 return kind
         return "copy"
 
+    @property
+    def constraints(self) -> list[Constraint]:
+        """The precedence constraints of ``depends_on`` (a plain id is a success constraint)."""
+        return [constraint_of(entry) for entry in self.depends_on]
+
+    @property
+    def upstream(self) -> list[str]:
+        """The ids of the tasks it depends on, whatever the kind of constraint."""
+        return [c.task for c in self.constraints]
+
 
 class Package(_Strict):
     """A validated package definition. Build one with :func:`parse_package`, not directly."""
@@ -163,6 +177,10 @@ class Package(_Strict):
     variables: dict[VariableName, Variable] = Field(default_factory=dict)
     connections: dict[ConnectionName, Connection] = Field(default_factory=dict)
     tasks: list[Task] = Field(min_length=1)
+    # Event handlers (docs/control-flow.md): on_error once per failed task or item, the others at the end.
+    on_error: list[Task] = Field(default_factory=list)
+    on_success: list[Task] = Field(default_factory=list)
+    on_finish: list[Task] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _graph(self, info: ValidationInfo) -> Self:
@@ -173,6 +191,11 @@ class Package(_Strict):
             if issues:
                 raise ValueError("; ".join(str(issue) for issue in issues))
         return self
+
+    def handlers(self, section: str) -> list[Task]:
+        """The event handlers of ``section`` (one of :data:`HANDLER_SECTIONS`)."""
+        handlers: list[Task] = getattr(self, section)
+        return handlers
 
     def task(self, task_id: str) -> Task:
         for task in self.tasks:
@@ -191,15 +214,16 @@ class Package(_Strict):
         # Keys added after the first version count only when set: a package that does not use
         # them keeps the hash it had, so its checkpoints from the previous version still match.
         _drop_defaults(definition, _LATER_PACKAGE_KEYS)
-        for task in definition["tasks"]:
-            _drop_defaults(task, _LATER_TASK_KEYS)
+        for section in ("tasks", *HANDLER_SECTIONS):
+            for task in definition.get(section, ()):
+                _drop_defaults(task, _LATER_TASK_KEYS)
         body = json.dumps(definition, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
     @cached_property
     def ancestors(self) -> dict[str, frozenset[str]]:
         """Every task's transitive dependencies."""
-        depends = {task.id: task.depends_on for task in self.tasks}
+        depends = {task.id: task.upstream for task in self.tasks}
         return {task_id: _reachable(depends, task_id) for task_id in depends}
 
     def may_overlap(self, first: str, second: str) -> bool:
@@ -225,8 +249,21 @@ class Package(_Strict):
         return self.model_dump(mode="json", exclude_defaults=True)
 
 
-_LATER_PACKAGE_KEYS: dict[str, Any] = {"max_concurrency": DEFAULT_MAX_CONCURRENCY, "connections": {}}
-_LATER_TASK_KEYS = {"concurrency": 1, "writes": None, "sql": None, "copy": None}
+_LATER_PACKAGE_KEYS: dict[str, Any] = {
+    "max_concurrency": DEFAULT_MAX_CONCURRENCY,
+    "connections": {},
+    "on_error": [],
+    "on_success": [],
+    "on_finish": [],
+}
+_LATER_TASK_KEYS: dict[str, Any] = {
+    "concurrency": 1,
+    "writes": None,
+    "sql": None,
+    "copy": None,
+    "depends_on_mode": "all",
+    "when": None,
+}
 
 
 def _drop_defaults(definition: dict[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -262,4 +299,7 @@ _DESCRIPTIONS: Any = {
     "description": True,
     "variables": {"__all__": {"description"}},
     "tasks": {"__all__": {"description"}},
+    "on_error": {"__all__": {"description"}},
+    "on_success": {"__all__": {"description"}},
+    "on_finish": {"__all__": {"description"}},
 }

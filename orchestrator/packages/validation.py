@@ -48,8 +48,8 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> tuple[list[str | int], 
     for position, part in enumerate(loc):
         if _has(current, part):
             current = current[part]
-        elif position != len(loc) - 1:
-            continue
+        elif position != len(loc) - 1 or not isinstance(current, Mapping | list):
+            continue  # a union label (after a scalar value it is one too: nothing is indexed there)
         kept.append(part)
     return kept, current
 
@@ -136,6 +136,9 @@ def _known_keys(path: list[str | int], data: Any) -> list[str]:
         "variables": Variable,
         "checkpoint": CheckpointSettings,
         "connections": Connection,
+        "on_error": Task,
+        "on_success": Task,
+        "on_finish": Task,
     }
     model = models.get(str(path[0]))
     if model is Task and len(path) > 3 and path[2] in ("sql", "copy"):

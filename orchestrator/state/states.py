@@ -23,7 +23,8 @@ class TaskState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    UPSTREAM_FAILED = "upstream_failed"
+    UPSTREAM_FAILED = "upstream_failed"  # blocked by a failure a resumed run may undo
+    SKIPPED = "skipped"  # will not run in this run: constraints not met, or its condition false
     CANCELLED = "cancelled"
 
 

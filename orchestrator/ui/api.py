@@ -65,6 +65,11 @@ class RunStatus(BaseModel):
     max_restarts: int
     node: str | None
     tasks: dict[str, str] = Field(description="task id to its state")
+    handlers: dict[str, str] = Field(description="event handler id to the state of its last run")
+    flow: dict[str, Any] = Field(
+        description="tasks with failure/completion constraints, depends_on_mode any or a condition: "
+        "{task: {depends_on: [{task, on}], mode, when}} (docs/control-flow.md)"
+    )
     error: str | None
     submitted_at: str = Field(description=ISO)
     started_at: str | None = Field(description=ISO)

@@ -162,6 +162,15 @@ def dependencies(task: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def edge_kinds(task: Mapping[str, Any]) -> dict[str, str]:
+    """The dependencies of a task on a failure or completion constraint, with their kind."""
+    return {
+        entry["task"]: str(entry.get("on"))
+        for entry in task.get("depends_on") or []
+        if isinstance(entry, Mapping) and entry.get("on") in ("failure", "completion")
+    }
+
+
 def shown_states(
     definition: Sequence[Mapping[str, Any]], status: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
 ) -> dict[str, str]:
@@ -190,7 +199,9 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
     progress = progress_texts(definition, events, states)
     graph = render_svg(
         [
-            GraphTask(t["id"], dependencies(t), states.get(t["id"], "pending"), progress.get(t["id"]))
+            GraphTask(
+                t["id"], dependencies(t), states.get(t["id"], "pending"), progress.get(t["id"]), edge_kinds(t)
+            )
             for t in definition
         ]
     )

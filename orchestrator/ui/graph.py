@@ -30,6 +30,7 @@ class GraphTask:
     depends_on: Sequence[str]
     state: str
     progress: str | None = None
+    kinds: Mapping[str, str] = field(default_factory=dict)  # dependency -> failure|completion (else success)
 
 
 @dataclass
@@ -159,7 +160,7 @@ _NODE = Markup(
     "</g>"
 )
 _EDGE = Markup(
-    '<path class="edge from-{state}" data-from="{source}" data-to="{target}" d="{d}" '
+    '<path class="edge from-{state} on-{kind}" data-from="{source}" data-to="{target}" d="{d}" '
     'marker-end="url(#arrow)"></path>'
 )
 _SVG = Markup(
@@ -195,8 +196,15 @@ def render_svg(tasks: Sequence[GraphTask]) -> Markup:
     _order(layout)
     at, width, height = _positions(layout)
     states = {t.id: t.state for t in tasks}
+    kinds = {(source, t.id): kind for t in tasks for source, kind in t.kinds.items()}
     edges = [
-        _EDGE.format(state=states.get(src, "pending"), source=src, target=dst, d=_edge(points, at))
+        _EDGE.format(
+            state=states.get(src, "pending"),
+            kind=kinds.get((src, dst), "success"),
+            source=src,
+            target=dst,
+            d=_edge(points, at),
+        )
         for src, dst, points in layout.paths
     ]
     nodes = [_node(t, *at[t.id]) for t in tasks]

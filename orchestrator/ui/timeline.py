@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.state.models import Attempt
 
-ALERTS = {"node_lost", "fenced", "task_failed", "refused"}
+ALERTS = {"node_lost", "fenced", "task_failed", "handler_failed", "refused"}
 COUNTED = {"checkpoint_saved"}
 
 
@@ -69,6 +69,10 @@ _TEXTS: dict[str, Callable[[Mapping[str, Any], str | None], str]] = {
     "task_done": lambda d, n: f"task {_task(d)} done in {d.get('seconds', '?')} s",
     "task_failed": lambda d, n: f"task {_task(d)} failed",
     "item_done": lambda d, n: f"task {_task(d)}: item {d.get('item')} done",
+    "task_skipped": lambda d, n: f"task {_task(d)} skipped (constraints not met or condition false)",
+    "handler_done": lambda d, n: f"handler {d.get('handler', '?')} done ({d.get('job', '?')})",
+    "handler_failed": lambda d, n: f"handler {d.get('handler', '?')} failed ({d.get('job', '?')})",
+    "handler_skipped": lambda d, n: f"handler {d.get('handler', '?')} skipped ({d.get('job', '?')})",
     "node_lost": lambda d, n: f"node {n or '?'} lost (its heartbeat expired)",
     "fenced": lambda d, n: f"attempt fenced: epoch raised to {d.get('epoch', '?')}, its writes are refused",
     "resubmitted": lambda d, n: f"resubmitted ({d.get('reason', '?')}) under epoch {d.get('epoch', '?')}",

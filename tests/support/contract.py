@@ -26,4 +26,5 @@ METRICS = {
     "orchestrator_schedule_lag_seconds": "histogram",
     "orchestrator_purged": "counter",
     "orchestrator_event_lag_seconds": "gauge",
+    "orchestrator_copy_rows": "counter",
 }

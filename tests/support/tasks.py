@@ -117,6 +117,21 @@ def sleepy(ctx: TaskContext) -> None:
     record(ctx, "end", cancelled=ctx.cancelled)
 
 
+def handler(ctx: TaskContext) -> dict[str, Any]:
+    """An event handler: like :func:`step`, and each log line carries ``ctx.event`` as ``handled``."""
+    record(ctx, "start", handled=ctx.event)
+    hook = HOOKS.get(ctx.task_id)
+    if hook is not None:
+        hook(ctx)
+    if "hold" in ctx.params:
+        record(ctx, "holding", handled=ctx.event)
+        wait_for_file(ctx.params["hold"])
+    if ctx.params.get("fail"):
+        raise RuntimeError(f"{ctx.task_id} failed on purpose")
+    record(ctx, "end", handled=ctx.event)
+    return {"handled": (ctx.event or {}).get("task")}
+
+
 def chatter(ctx: TaskContext) -> dict[str, Any]:
     """Log ``lines`` numbered lines through ``ctx.log`` (then the ``password`` variable, if the
     package declares it, and ``say``), record ``logged``, then hold like :func:`step` while ``hold``
