@@ -107,22 +107,18 @@ class LocalCluster:
             sock.close()  # the UI process holds its own copy
 
     def _scheduler_port(self) -> int:
-        """``metrics_base_port``, else the configured port, or a free one when another process has it.
+        """``metrics_base_port``, else ``ORCHESTRATOR_METRICS_PORT`` when set, else 0 (a free port).
 
-        A scheduler whose metrics port is taken would exit at start: two local clusters on one
-        machine (or a production scheduler beside one) would leave this one without a scheduler.
+        The default port (9808) is not taken blindly: a scheduler whose metrics port is taken
+        exits at start, and two local clusters on one machine (or a production scheduler beside
+        one) would leave one of them without a scheduler. Port 0 lets the kernel choose at bind
+        time, with no window between a check and the bind; the scheduler logs the port.
         """
         if self.metrics_base_port is not None:
             return self.metrics_base_port
-        wanted = self.settings.metrics_port
-        sock = bind("0.0.0.0", wanted, fallback=True)  # noqa: S104 - where the scheduler will listen
-        try:
-            port = int(sock.getsockname()[1])
-        finally:
-            sock.close()
-        if wanted not in (port, 0):
-            log.warning("metrics port %d is taken: the local scheduler serves /metrics on %d", wanted, port)
-        return port
+        if "metrics_port" in self.settings.model_fields_set:
+            return self.settings.metrics_port
+        return 0
 
     def _port(self, index: int) -> int | None:
         return None if self.metrics_base_port is None else self.metrics_base_port + index
@@ -149,7 +145,7 @@ class LocalCluster:
                     pass_fds=pass_fds,
                 )
         log.info("started %s (pid %d)", name, process.pid)
-        return Member(name, role, process, port)
+        return Member(name, role, process, port or None)  # 0: a port the kernel chose
 
     def _write_nodes_file(self) -> None:
         path = self.settings.state_dir / NODES_FILE
