@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -555,24 +556,36 @@ def test_logs_prints_a_run_s_task_lines_and_follows_a_running_one(cluster: Local
     wait_until(
         lambda: any(e["event"] == "logged" for e in T.read_log(log)), timeout=60, what="the first item"
     )
-    follow = subprocess.Popen(
-        [orchestrator_bin(), "logs", run_id, "--follow"],
-        cwd=cluster.dir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    errors = cluster.dir / "talk-follow.err"
+    with errors.open("w") as stderr:
+        follow = subprocess.Popen(
+            [orchestrator_bin(), "logs", run_id, "--follow"],
+            cwd=cluster.dir,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    # The rest is read through the same buffered reader as the first line (communicate() would
+    # read the pipe beneath it and miss what readline() buffered); the timer is the deadline.
+    deadline = threading.Timer(60, follow.kill)
+    deadline.start()
     try:
-        first = follow.stdout.readline() if follow.stdout else ""
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
         assert "talk[eu] #1 info    line 1 of eu" in first, first
         hold.touch()
-        out, err = follow.communicate(timeout=60)
+        out = follow.stdout.read()
+        follow.wait()
     finally:
+        deadline.cancel()
         if follow.poll() is None:
             follow.kill()
             follow.wait()
-    assert follow.returncode == 0, err  # the run succeeded, and --follow ended with it
+        if follow.stdout is not None:
+            follow.stdout.close()
+    err = errors.read_text()
+    assert follow.returncode == 0, err  # the run succeeded, and --follow ended with it (not killed)
     followed = [first.rstrip("\n"), *out.splitlines()]
     assert followed[-2].endswith(" shout #1 info    from the shell"), followed
     assert followed[-1].endswith("shout #1 info    \\x1b[31m<red>"), "a terminal escape is shown, not obeyed"
