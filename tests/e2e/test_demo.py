@@ -31,6 +31,7 @@ def test_demo_survives_the_loss_of_its_node(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_demo_on_an_embedded_s3_store(tmp_path: Path) -> None:
     env = {"ORCHESTRATOR_BROKER_URL": "", "ORCHESTRATOR_DATABASE_URL": ""}
@@ -45,6 +46,7 @@ def test_demo_on_an_embedded_s3_store(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the demo works in a temporary directory of its own"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_copy_demo_ends_with_every_row_once(tmp_path: Path) -> None:
     """``demo --copy``: the node running the table copy is killed mid-copy; every row lands once."""

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.cli import ROOT, cli_env
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui", "s3", "copy"]
 

@@ -55,7 +55,7 @@ def ten_tasks(hold: Path, *, max_restarts: int = 5, name: str = "ten", pad: int 
     return parse_package({"name": name, "max_restarts": max_restarts, "tasks": tasks})
 
 
-@pytest.fixture(params=["filesystem", "s3"])
+@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.slow)])
 def store_kind(request: pytest.FixtureRequest, cluster: Cluster) -> str:
     """Run the test once with checkpoints in a directory and once in a bucket of a real SeaweedFS."""
     if request.param == "s3":

@@ -37,7 +37,7 @@ from tests.support.cluster import Cluster
 from tests.support.sentinel import SentinelGroup, require_sentinel
 from tests.support.servers import Unavailable
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 UNITS, HOLD_AT = 6, 3
 
 

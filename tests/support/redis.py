@@ -67,7 +67,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """The session's Redis: ``ORCHESTRATOR_TEST_REDIS_URL`` if set, else an embedded one."""
     external = os.environ.get(REDIS_URL_VARIABLE, "").strip()
     if external:
-        yield ExternalRedis(external)
+        yield ExternalRedis(_worker_database(external))
         return
     with EmbeddedRedis() as server:
         server.start(tmp_path_factory.mktemp("redis"))
@@ -80,3 +80,19 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushdb()
     return redis_server.url
+
+
+def _worker_database(url: str) -> str:
+    """``url`` with its database moved up by the pytest-xdist worker's number (``gw1``: one up).
+
+    Each worker flushes its database before every test: two workers on one database would
+    flush each other's keys.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, database = url.rpartition("/")
+    if not database.isdigit() or not base.startswith(("redis://", "rediss://", "unix://")):
+        base, database = url.rstrip("/"), "0"
+    return f"{base}/{int(database) + int(worker.removeprefix('gw'))}"
+
