@@ -95,4 +95,3 @@ def _worker_database(url: str) -> str:
     if not database.isdigit() or not base.startswith(("redis://", "rediss://", "unix://")):
         base, database = url.rstrip("/"), "0"
     return f"{base}/{int(database) + int(worker.removeprefix('gw'))}"
-
