@@ -65,6 +65,10 @@ class RunStatus(BaseModel):
     max_restarts: int
     node: str | None
     tasks: dict[str, str] = Field(description="task id to its state")
+    progress: dict[str, Any] = Field(
+        default_factory=dict,
+        description="copy task id to its progress: {rows, rows_per_second} (docs/etl.md)",
+    )
     handlers: dict[str, str] = Field(description="event handler id to the state of its last run")
     flow: dict[str, Any] = Field(
         description="tasks with failure/completion constraints, depends_on_mode any or a condition: "

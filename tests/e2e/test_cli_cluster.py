@@ -33,7 +33,7 @@ from tests.support.cli import cli_env, orchestrator_bin, run_cli, wait_until, wr
 NODES = {"node-1", "node-2"}
 STATUS_KEYS = {"run_id", "package", "state", "attempt", "restarts", "node", "tasks", "error"}
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9_-]*-[0-9a-f]{12}")
-STOP_DEADLINE = 30.0  # `up` gives members 10 s to stop, then Redis 10 s
+STOP_DEADLINE = 45.0  # `up` gives members 10 s to stop, then Redis 10 s; slack for a loaded machine
 
 
 @dataclass

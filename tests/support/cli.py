@@ -26,7 +26,7 @@ def orchestrator_bin() -> str:
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("COLUMNS", "200")
+    env["COLUMNS"] = "200"  # rich wraps at the terminal width (80 under pytest-xdist)
     env.update(extra or {})
     return env
 
