@@ -95,6 +95,9 @@ def up(
         settings, workers=workers, concurrency=concurrency, ui_port=None if no_ui else ui_port
     )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops the cluster even when the parent ignored SIGINT (a background job of a
+    # script, a pytest-xdist worker): Python keeps an inherited SIG_IGN.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with exit_codes():
         try:
             cluster.start()
