@@ -10,6 +10,13 @@
   task records after every task.
 
 The three alternate round by round; the ratio is median against median.
+
+Then a foreach of 10,000 no-op items (500 quick), one item at a time: in the
+cluster (submit to ``finished_at``: a journal record per item, the items'
+events appended to Redis behind them) against the same package under
+``orchestrator run`` (the in-process executor and filesystem store alone),
+alternating; target at most 1.5 times.
+
 Run: ``python -m bench.overhead [--quick]``.
 """
 
@@ -30,6 +37,8 @@ from bench import tasks
 TARGETS = {"executor in-process": 1.3, "cluster": 1.15}
 """Ratio to the plain loop: in-process as before; the cluster's from issue 11 (no SQL per task)."""
 TASK_SECONDS = 0.01
+FOREACH_TARGET = 1.5
+"""A foreach in the cluster against the same package under ``orchestrator run`` (issue 11)."""
 
 
 def package(name: str, count: int) -> Any:
@@ -45,6 +54,42 @@ def package(name: str, count: int) -> Any:
         for n in range(1, count + 1)
     ]
     return parse_package({"name": name, "tasks": chain})
+
+
+def foreach_package(name: str, items: int) -> Any:
+    from orchestrator.packages.validation import parse_package
+
+    task = {"id": "each", "python": "bench.tasks:noop", "foreach": list(range(items))}
+    return parse_package({"name": name, "tasks": [task]})
+
+
+def foreach_run(root: Path, items: int, index: int) -> float:
+    """The package as ``orchestrator run`` runs it: the executor and a filesystem store, no broker."""
+    from checkpoints import FilesystemCheckpointStore
+    from workers.executor import ExecutionOptions, RunRequest, execute
+
+    pkg = foreach_package("foreach_local", items)
+    started = time.perf_counter()
+    result = execute(
+        RunRequest(pkg, f"foreach_local-{index:06d}"), ExecutionOptions(store=FilesystemCheckpointStore(root))
+    )
+    seconds = time.perf_counter() - started
+    if not result.succeeded:
+        raise RuntimeError(f"in-process foreach failed: {result.error}")
+    return seconds
+
+
+def foreach_cluster(services: Any, items: int, index: int) -> float:
+    from orchestrator.control.client import Client
+
+    client = Client(services)
+    started = time.time()
+    run_id = client.submit(foreach_package(f"foreach_cluster_{index}", items))
+    status = client.wait(run_id, timeout=120 + items / 100)
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"run {run_id} {status['state']}: {status['error']}")
+    finished = services.repository.run_row(run_id).finished_at
+    return float(finished.timestamp() - started)
 
 
 def plain(count: int) -> float:
@@ -108,6 +153,16 @@ def main() -> int:
         for index in range(1, rounds + 1):
             for name in order[index % 3 :] + order[: index % 3]:
                 samples[name].append(runners[name](index))
+        items = 500 if args.quick else 10_000
+        foreach_rounds = 1 if args.quick else 3
+        loops: dict[str, list[float]] = {"orchestrator run": [], "cluster": []}
+        for index in range(1, foreach_rounds + 1):
+            pair = [
+                ("orchestrator run", lambda i=index: foreach_run(env.tmp / "foreach", items, i)),
+                ("cluster", lambda i=index: foreach_cluster(services, items, i)),
+            ]
+            for name, call in pair if index % 2 else reversed(pair):
+                loops[name].append(call())
         services.close()
     base = C.percentile(samples["plain loop"], 50)
     rows = []
@@ -131,6 +186,29 @@ def main() -> int:
             f"{count} tasks of {TASK_SECONDS * 1000:g} ms: wall seconds (median of {rounds} rounds)",
             ["how", "p50 s", "min s", "max s", "overhead ms/task", "ratio", "target"],
             rows,
+        )
+    )
+    local, remote = (C.percentile(loops[name], 50) for name in ("orchestrator run", "cluster"))
+    foreach_ratio = C.ratio(remote, local)
+    foreach_met = foreach_ratio <= FOREACH_TARGET
+    result["foreach"] = {
+        "items": items,
+        "rounds": foreach_rounds,
+        "seconds": loops,
+        "ratio": foreach_ratio,
+        "target": FOREACH_TARGET,
+        "met": foreach_met,
+    }
+    result["met"] = result["met"] and foreach_met
+    verdict = f"{'met' if foreach_met else 'NOT met'} (<= {FOREACH_TARGET})"
+    print(
+        C.table(
+            f"a foreach of {items:,} no-op items, one at a time: wall seconds (median of {foreach_rounds})",
+            ["how", "p50 s", "per item us", "ratio", "target"],
+            [
+                ["orchestrator run", local, local / items * 1e6, 1.0, "-"],
+                ["cluster", remote, remote / items * 1e6, foreach_ratio, verdict],
+            ],
         )
     )
     C.write_result(args, "overhead", result)

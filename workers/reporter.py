@@ -5,14 +5,18 @@ hooks into :class:`~orchestrator.state.records.Record`\\ s and appends them in
 batches with one fenced script call (:class:`~orchestrator.control.stream.EventStream`):
 
 * a finished task or item, and the checkpoint write that records it, are
-  appended together as soon as that write is durable (one Redis call per task);
+  appended together as soon as that write is durable, by the process's flusher
+  thread: the unit that finished goes on at once, and what finishes while an
+  append is in flight goes in the next one (at most one Redis call per task,
+  fewer when tasks or items finish faster than Redis answers);
 * a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
   append, so a long task shows as running at once and a short one costs no
   call of its own;
 * a line a task logs is appended before ``ctx.log`` returns (one Redis call per
   line), so the lines written before a node is SIGKILLed are in the stream;
 * a refused append (the attempt was fenced) stops the attempt: the next hook
-  raises :class:`~workers.errors.AttemptFenced`;
+  raises :class:`~workers.errors.AttemptFenced` (the checkpoint store refuses the
+  fenced attempt's next write by itself, whichever comes first);
 * an append that fails (Redis away) keeps its records and is tried again
   with the next one; the lease decides whether the attempt may go on.
 
@@ -20,7 +24,11 @@ The reporter remembers what it appended until the projection has written it
 to SQL (each append returns the projected position), and the attempt's
 outcome transaction writes whatever is left (:meth:`unprojected`), so a
 finished run's timeline is complete in SQL even if Redis then loses its data.
-Hooks may be called from several threads: every method takes the lock.
+Hooks may be called from several threads: every method takes the lock. Appends
+are serialised by a second lock, taken first and held over the Redis call, so
+that hooks only wait for the buffer, never for Redis (but for the lines a task
+logs, handlers that ended and the run's end, which are appended before the
+hook returns).
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ class AttemptReporter(ExecutionHooks):
     def __init__(self, stream: EventStream, run_id: str, epoch: int, attempt: int, node: str) -> None:
         self.stream = stream
         self.run_id, self.epoch, self.attempt, self.node = run_id, epoch, attempt, node
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffers below
+        self._append_lock = threading.Lock()  # one append at a time, in order; taken before _lock
         self._seq = 0
         self._buffer: list[Record] = []  # not appended yet
         self._sent: list[tuple[tuple[int, int], Record]] = []  # appended, maybe not in SQL yet
@@ -126,28 +135,26 @@ class AttemptReporter(ExecutionHooks):
             self._buffer.append(
                 self._record(LOG, None, log_detail(task_id, item, try_number, level, message), ())
             )
-            self._flush()
+        self._flush()
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         if reason in ("task", "item"):
-            self._add("event", "checkpoint_saved", {"bytes": size}, (), flush=True)
+            self._add("event", "checkpoint_saved", {"bytes": size}, (), soon=True)
 
     def run_finished(self, result: RunResult) -> None:
-        with self._lock:
-            self._flush()
+        self._flush()
 
     # -- the buffer --------------------------------------------------------------------
 
     def unprojected(self) -> list[Record]:
-        """Every record of this attempt that may not be in SQL yet, in order."""
-        with self._lock:
+        """Every record of this attempt that may not be in SQL yet, in order (once the append
+        in flight, if any, has returned)."""
+        with self._append_lock, self._lock:
             return [record for _, record in self._sent] + list(self._buffer)
 
     def flush(self) -> None:
         """Append what is buffered now (the background flusher calls it)."""
-        with self._lock:
-            if self._fenced is None:
-                self._flush()
+        self._flush()
 
     def _add(
         self,
@@ -157,17 +164,20 @@ class AttemptReporter(ExecutionHooks):
         tasks: tuple[TaskChange, ...],
         *,
         flush: bool = False,
+        soon: bool = False,
     ) -> None:
+        """Buffer a record; append it now (``flush``), as soon as the flusher can (``soon``),
+        or within :data:`FLUSH_DELAY`."""
         with self._lock:
             if self._fenced is not None:
                 raise self._fenced
             self._buffer.append(self._record(type_, kind, detail, tasks))
-            if flush:
-                self._flush()
-                if self._fenced is not None:
-                    raise self._fenced
-            else:
-                _flusher().schedule(self)
+        if flush:
+            self._flush()
+            if self._fenced is not None:
+                raise self._fenced
+        else:
+            _flusher().schedule(self, 0.0 if soon else FLUSH_DELAY)
 
     def _record(
         self, type_: str, kind: str | None, detail: dict[str, Any], tasks: tuple[TaskChange, ...]
@@ -188,29 +198,36 @@ class AttemptReporter(ExecutionHooks):
         )
 
     def _flush(self) -> None:
-        """Append the buffer in one call (the lock is held)."""
-        if not self._buffer or self._fenced is not None:
-            return
-        try:
-            appended = self.stream.append(self.run_id, self.epoch, [r.encode() for r in self._buffer])
-        except redis.RedisError as exc:
-            log.warning("events of run %s not appended yet (kept, retried): %s", self.run_id, exc)
-            return
-        self.appends += 1
-        if appended is None:
-            self._fenced = AttemptFenced(
-                f"attempt {self.attempt} of run {self.run_id!r}: events refused (a newer epoch exists)"
-            )
-            return
-        self._sent.extend(zip((parse_id(i) for i in appended.ids), self._buffer, strict=True))
-        self._buffer = []
-        projected = parse_id(appended.projected)
-        if self._sent and self._sent[0][0] <= projected:
-            self._sent = [(position, record) for position, record in self._sent if position > projected]
+        """Append the buffer in one call; the records stay buffered if Redis fails."""
+        with self._append_lock:
+            with self._lock:
+                if not self._buffer or self._fenced is not None:
+                    return
+                batch, self._buffer = self._buffer, []
+            try:
+                appended = self.stream.append(self.run_id, self.epoch, [r.encode() for r in batch])
+            except redis.RedisError as exc:
+                with self._lock:
+                    self._buffer[:0] = batch
+                log.warning("events of run %s not appended yet (kept, retried): %s", self.run_id, exc)
+                return
+            with self._lock:
+                self.appends += 1
+                if appended is None:
+                    self._buffer[:0] = batch
+                    self._fenced = AttemptFenced(
+                        f"attempt {self.attempt} of run {self.run_id!r}: "
+                        "events refused (a newer epoch exists)"
+                    )
+                    return
+                self._sent.extend(zip((parse_id(i) for i in appended.ids), batch, strict=True))
+                projected = parse_id(appended.projected)
+                if self._sent and self._sent[0][0] <= projected:
+                    self._sent = [(at, record) for at, record in self._sent if at > projected]
 
 
 class _Flusher(threading.Thread):
-    """One thread per process that appends the reporters' buffered records after FLUSH_DELAY."""
+    """One thread per process that appends the reporters' buffered records when they are due."""
 
     def __init__(self) -> None:
         super().__init__(name="event-flusher", daemon=True)
@@ -218,10 +235,13 @@ class _Flusher(threading.Thread):
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, weakref.ref[AttemptReporter]]] = {}
 
-    def schedule(self, reporter: AttemptReporter) -> None:
+    def schedule(self, reporter: AttemptReporter, delay: float) -> None:
+        """Flush ``reporter`` within ``delay`` seconds (sooner if it was already due sooner)."""
+        due = time.monotonic() + delay
         with self._cond:
-            if id(reporter) not in self._due:
-                self._due[id(reporter)] = (time.monotonic() + FLUSH_DELAY, weakref.ref(reporter))
+            current = self._due.get(id(reporter))
+            if current is None or due < current[0]:
+                self._due[id(reporter)] = (due, weakref.ref(reporter))
                 self._cond.notify()
 
     def run(self) -> None:

@@ -14,6 +14,7 @@ import hmac
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 GAUGE_INTERVAL = 1.0
 RECOVERY_BATCHES = 2
 """Event batches written before the tick's recoveries (the rest after them)."""
+RECOVERY_THREADS = 8
+"""Runs of one tick recovered side by side (a node lost with many runs: their SQL transitions
+and dispatches do not wait for one another)."""
 
 
 class Scheduler:
@@ -48,6 +52,7 @@ class Scheduler:
         self.settings = services.settings
         self._stop = threading.Event()
         self._gauges_at = -GAUGE_INTERVAL
+        self._publish_lock = threading.Lock()  # one send at a time: the broker connection is shared
         self.projector = Projector(services.events, services.projections, services.liveness.server_ms)
 
     # -- control messages ----------------------------------------------------------------
@@ -195,11 +200,12 @@ class Scheduler:
     def _publish(
         self, run_id: str, attempt: int, epoch: int, *, queue: str, lost_at_ms: int | None = None
     ) -> None:
-        self.services.app.send_task(
-            RUN_TASK,
-            kwargs={"run_id": run_id, "attempt": attempt, "epoch": epoch, "lost_at_ms": lost_at_ms},
-            queue=queue,
-        )
+        with self._publish_lock:
+            self.services.app.send_task(
+                RUN_TASK,
+                kwargs={"run_id": run_id, "attempt": attempt, "epoch": epoch, "lost_at_ms": lost_at_ms},
+                queue=queue,
+            )
         log.info("dispatched attempt %d of run %s (epoch %d)", attempt, run_id, epoch)
 
     # -- the liveness tick -----------------------------------------------------------------------
@@ -217,8 +223,7 @@ class Scheduler:
         # Fenced attempts can append nothing more: written now, their last events precede node_lost.
         # With a backlog (SQL was away) a few batches only: the recoveries must not wait for it all.
         self.project(RECOVERY_BATCHES if fenced else None)
-        for expired in fenced:
-            self._recover(expired)
+        self._recover_all(fenced)
         if fenced:
             self.project()
         for run_id in liveness.overdue_dispatches():
@@ -267,6 +272,27 @@ class Scheduler:
             liveness.restore_run(run.run_id, run.epoch, run.node or "", run.attempt, running=run.claimed)
         liveness.set_marker(server)
         log.warning("liveness rebuilt from SQL for %d active run(s)", len(active))
+
+    def _recover_all(self, fenced: list[Expired]) -> None:
+        """Recover the runs fenced in this tick, up to :data:`RECOVERY_THREADS` at once.
+
+        Each recovery is independent (its own SQL transactions, guarded by the run's epoch);
+        one that fails does not hold up the others, and the first failure is raised once all
+        have been tried (the tick logs it; a run left behind is dispatched again when its
+        claim deadline passes).
+        """
+        if len(fenced) <= 1:
+            for expired in fenced:
+                self._recover(expired)
+            return
+        threads = min(RECOVERY_THREADS, len(fenced))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="recovery") as pool:
+            futures = [pool.submit(self._recover, expired) for expired in fenced]
+        errors = [error for future in futures if (error := future.exception()) is not None]
+        for error in errors[1:]:
+            log.error("recovering a run failed: %s", error)
+        if errors:
+            raise errors[0]
 
     def _recover(self, expired: Expired) -> None:
         log.warning(

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import Checkpoint, FilesystemCheckpointStore
 from orchestrator.control.client import Client
@@ -615,6 +616,39 @@ def test_concurrent_schedulers_resubmit_each_lost_run_once(harness: Harness) -> 
         assert len(events(harness, run_id, "resubmitted")) == 1
         assert len(events(harness, run_id, "node_lost")) == 1
         assert harness.liveness.epoch(run_id) == 2
+
+
+def test_a_node_lost_with_many_runs_has_them_all_resubmitted_in_one_tick(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [harness.submit(TWO, run_id=f"many-{i:02d}") for i in range(20)]
+    node = harness.node("n1")
+    for run_id in runs:
+        node.claim_and_die(harness.last(run_id))
+    wait_until(
+        lambda: set(runs) <= set(harness.liveness.expired_leases()), timeout=WAIT, what="leases to expire"
+    )
+    record_lost = harness.scheduler.services.repository.record_lost
+    broken = "many-07"
+
+    def failing_for_one(run_id: str, *args: Any, **kwargs: Any) -> Any:
+        if run_id == broken:
+            raise SQLAlchemyError("the test broke this run's transition")
+        return record_lost(run_id, *args, **kwargs)
+
+    monkeypatch.setattr(harness.scheduler.services.repository, "record_lost", failing_for_one)
+    with pytest.raises(SQLAlchemyError, match="the test broke"):
+        harness.scheduler.tick()  # recoveries run side by side; one failing stops none of the others
+
+    for run_id in runs:
+        if run_id == broken:
+            continue
+        assert [(m.attempt, m.epoch) for m in harness.messages(run_id)] == [(1, 1), (2, 2)], run_id
+        assert len(events(harness, run_id, "resubmitted")) == 1
+    monkeypatch.undo()
+    harness.tick_until(
+        lambda: len(harness.messages(broken)) >= 2, "the run whose recovery failed to be dispatched again"
+    )
 
 
 def test_exhausted_restarts_fail_the_run_and_keep_the_checkpoint(harness: Harness) -> None:

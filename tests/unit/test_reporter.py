@@ -59,17 +59,53 @@ def kinds(stream: StubStream) -> list[str | None]:
     return [record.kind for _, record in stream.entries]
 
 
-def test_a_task_costs_one_append_with_its_start_finish_and_checkpoint() -> None:
+def test_a_task_costs_at_most_one_append_with_its_start_finish_and_checkpoint() -> None:
     stream = StubStream()
     r = reporter(stream)
     done(r, "a")
+    wait_until(lambda: len(stream.entries) == 3, timeout=5, what="task a's records to be appended")
     done(r, "b")
+    wait_until(lambda: len(stream.entries) == 6, timeout=5, what="task b's records to be appended")
     assert stream.calls == 2
     assert kinds(stream) == [None, "task_done", "checkpoint_saved"] * 2
     records = [record for _, record in stream.entries]
     assert [record.source for record in records] == [f"3-{n}" for n in range(1, 7)]
     assert records[0].tasks[0].state == "running" and records[1].tasks[0].seconds == 0.01
     assert all((rec.run_id, rec.epoch, rec.attempt, rec.node) == ("run-1", 3, 2, "n1") for rec in records)
+
+
+class SlowStream(StubStream):
+    """An append takes ``delay`` seconds, as over a slow network."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def append(self, run_id: str, epoch: int, records: list[str]) -> Appended | None:
+        time.sleep(self.delay)  # the simulated round trip itself
+        return super().append(run_id, epoch, records)
+
+
+def test_a_finished_task_does_not_wait_for_redis_and_later_ones_share_an_append() -> None:
+    stream = SlowStream(0.2)
+    r = reporter(stream)
+    started = time.monotonic()
+    for n in range(10):
+        done(r, f"t{n}")
+    assert time.monotonic() - started < 0.2  # no hook waited for a round trip
+    wait_until(lambda: len(stream.entries) == 30, timeout=10, what="every record to be appended")
+    assert stream.calls < 10  # what finished during an append went in the next one
+    sources = [record.source for _, record in stream.entries]
+    assert sources == [f"3-{n}" for n in range(1, 31)]  # in order, each once
+
+
+def test_the_outcome_gets_what_an_append_in_flight_did_not_confirm() -> None:
+    stream = SlowStream(0.3)
+    r = reporter(stream)
+    done(r, "a")
+    wait_until(lambda: stream.calls or r._append_lock.locked(), timeout=5, what="the append to start")
+    left = r.unprojected()  # waits for the append in flight: nothing is in neither list
+    assert [record.source for record in left] == ["3-1", "3-2", "3-3"]
 
 
 def test_a_start_alone_is_appended_after_the_flush_delay() -> None:
@@ -103,11 +139,14 @@ def test_a_refused_append_stops_the_attempt() -> None:
     stream = StubStream()
     r = reporter(stream)
     done(r, "a")
+    wait_until(lambda: len(stream.entries) == 3, timeout=5, what="task a's records to be appended")
     stream.fenced = True
+    done(r, "b")  # its append, in the background, is refused
+    wait_until(lambda: stream.calls == 2, timeout=5, what="task b's append")
     with pytest.raises(AttemptFenced, match="refused"):
-        done(r, "b")
-    with pytest.raises(AttemptFenced):
         r.task_started("c", None, 1)
+    with pytest.raises(AttemptFenced):
+        r.handler_finished("h:1", "h", TaskState.SUCCEEDED, 0.1, None)
     assert kinds(stream) == [None, "task_done", "checkpoint_saved"]
 
 
@@ -116,19 +155,24 @@ def test_records_redis_did_not_take_are_kept_and_sent_later() -> None:
     r = reporter(stream)
     stream.failing = 2
     done(r, "a")
+    wait_until(lambda: stream.calls == 1, timeout=5, what="the first append")
     done(r, "b")  # both appends fail: nothing is lost, nothing raised
+    wait_until(lambda: stream.calls == 2, timeout=5, what="the second append")
     assert stream.entries == []
     assert [record.kind for record in r.unprojected()] == [None, "task_done", "checkpoint_saved"] * 2
     done(r, "c")
-    assert len(stream.entries) == 9 and kinds(stream)[-1] == "checkpoint_saved"
+    wait_until(lambda: len(stream.entries) == 9, timeout=5, what="everything to be appended")
+    assert kinds(stream) == [None, "task_done", "checkpoint_saved"] * 3
 
 
 def test_what_sql_holds_is_forgotten_and_the_rest_kept_for_the_outcome() -> None:
     stream = StubStream()
     r = reporter(stream)
     done(r, "a")
+    wait_until(lambda: len(stream.entries) == 3, timeout=5, what="task a's records to be appended")
     stream.projected = "3-0"  # the projection has written the first three entries
     done(r, "b")
+    wait_until(lambda: len(stream.entries) == 6, timeout=5, what="task b's records to be appended")
     left = r.unprojected()
     assert [record.source for record in left] == ["3-4", "3-5", "3-6"]
 
