@@ -35,6 +35,10 @@ T = TypeVar("T")
 PREFIX = "orch"
 """The prefix of the liveness and event stream keys in Redis."""
 
+_MIGRATED: set[str] = set()
+"""Database URLs this process (or the process it was forked from) brought to the newest schema:
+a worker node's pool processes do not check the migrations again before their first attempt."""
+
 
 class Services:
     """Lazily built, per-process: ``redis``, ``liveness``, ``events``, ``connections``,
@@ -124,8 +128,11 @@ class Services:
         return self._get("projections", lambda: Projections(self.repository.sessions))
 
     def _repository(self) -> Repository:
-        engine = make_engine(self.settings.database_url.get_secret_value())
-        upgrade(engine)
+        url = self.settings.database_url.get_secret_value()
+        engine = make_engine(url)
+        if url not in _MIGRATED:
+            upgrade(engine)
+            _MIGRATED.add(url)
         return Repository(engine)
 
     @property
