@@ -14,6 +14,7 @@ from orchestrator.packages.model import Package
 from orchestrator.packages.validation import parse_package
 from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
+from tests.support.cli import wait_until
 from workers.context import TaskContext
 from workers.executor import ExecutionOptions, RunRequest, RunResult, execute
 
@@ -237,6 +238,12 @@ def test_on_error_runs_once_per_failed_task_with_the_event(store: Any, log: Any)
 
 
 def test_on_error_runs_once_per_failed_item(store: Any, log: Any) -> None:
+    # A failed item stops its foreach from starting more: both items start before either fails.
+    def both_started(ctx: TaskContext) -> None:
+        started = lambda: {e["item"] for e in log() if e["task"] == "load" and e["event"] == "start"}  # noqa: E731
+        wait_until(lambda: started() == {"eu", "us"}, timeout=10, what="both items to start")
+
+    T.HOOKS["load"] = both_started
     pkg = package(
         task("load", foreach=["eu", "us"], concurrency=2, params=FAIL, fail_package_on_failure=False),
         on_error=[handler("alert")],
