@@ -16,24 +16,28 @@ failed or finished work ran again.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file (from anywhere): the harness lives in tests/support, and bench/, first on
+    # sys.path, has a copy.py that would shadow the standard library's copy module.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import contextlib
 import json
 import math
 import os
 import platform
-import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the harness lives in tests/support
-    sys.path.insert(0, str(ROOT))
 
 from tests.support.chaos import (  # noqa: E402
     ChaosConfig,

@@ -20,14 +20,17 @@ Run: ``python -m bench.checkpoint [--quick]``.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a file: bench/ comes first on sys.path, and its copy.py would shadow the standard
+    # library's copy module; the repository root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import os
+import time
+from typing import Any
 
 from bench import common as C
 from checkpoints import (

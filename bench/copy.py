@@ -22,22 +22,25 @@ Run: ``python -m bench.copy [--quick] [--rows N]``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file: bench/ comes first on sys.path, and its copy.py would shadow the standard
+    # library's copy module; the repository root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import contextlib
 import json
 import os
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url

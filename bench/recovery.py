@@ -29,17 +29,20 @@ Run: ``python -m bench.recovery [--quick]``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file: bench/ comes first on sys.path, and its copy.py would shadow the standard
+    # library's copy module; the repository root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from celery import Celery
 

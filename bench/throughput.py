@@ -21,16 +21,19 @@ Run: ``python -m bench.throughput [--quick]``.
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a file: bench/ comes first on sys.path, and its copy.py would shadow the standard
+    # library's copy module; the repository root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import os
+import secrets
+import threading
+import time
+from typing import Any
 
 import redis
 from celery import Celery

@@ -20,15 +20,18 @@ Run: ``python -m bench.ui [--quick]`` (quick: 10,000 runs, fewer rounds).
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # Run as a file: bench/ comes first on sys.path, and its copy.py would shadow the standard
+    # library's copy module; the repository root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bench import common as C
 
