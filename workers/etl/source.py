@@ -102,7 +102,7 @@ class Source:
     ) -> list[tuple[Any, ...]]:
         """The next page as tuples in the order of :attr:`columns` (dicts only when needed)."""
         result = connection.execute(self.page(cursor, upper, size), self.params)
-        return [tuple(row) for row in result]
+        return list(map(tuple, result.fetchall()))
 
 
 def _compare(key: list[ColumnElement[Any]], values: Sequence[Any], operator: str) -> ColumnElement[bool]:
@@ -123,7 +123,10 @@ def open_source(
         missing = [k for k in spec.key if k not in table.c]
         if missing:
             raise EtlError(f"source {spec.table!r} has no key column(s) {', '.join(map(repr, missing))}")
-        return Source(table, list(table.c.keys()), [table.c[k] for k in spec.key], {}), table
+        # Plain str names: SQLAlchemy's quoted_name carries a __dict__, and a dict keyed by one is
+        # tracked by the garbage collector (a transform's rows would cost full collections).
+        columns = [str(col.key) for col in table.c]
+        return Source(table, columns, [table.c[k] for k in spec.key], {}), table
     assert spec.query is not None
     params = {"item": item} if item is not None and ":item" in spec.query else {}
     probe = text(f"SELECT * FROM ({spec.query}) AS orchestrator_source WHERE 1 = 0")  # noqa: S608 - the package's own query
