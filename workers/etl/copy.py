@@ -29,7 +29,7 @@ from workers.errors import TaskCancelled
 from workers.etl import pgcopy
 from workers.etl.connections import Connections, EtlError
 from workers.etl.pgcopy import copy_format, stream
-from workers.etl.source import Source, check_unique_key, open_source, reflect
+from workers.etl.source import Source, check_columns, check_null_keys, check_unique_key, open_source, reflect
 from workers.etl.state import CopyState, advance, claim, ensure_table
 from workers.etl.values import decode_key, encode_key
 
@@ -99,12 +99,10 @@ class _Copy:
         spec = self.spec.source
         source, table = open_source(reading, spec, spec.connection, self.ctx.item)
         if self.transform is None:
-            _check_columns(source.columns, destination)
+            check_columns(source.columns, destination)
         if table is not None:
             check_unique_key(reading, table, spec.key)
-        nullable = table is None or any(table.c[k].nullable for k in spec.key)
-        if nullable and source.has_null_key(reading):
-            raise EtlError(f"the source has NULLs in key column(s) {spec.key}: a key must be NOT NULL")
+        check_null_keys(reading, source, table, spec.key)
         return source, table
 
     def start(self, reading: Connection, source: Source) -> CopyState:
@@ -251,10 +249,10 @@ def _as_rows(out: list[Any], destination: Table, transform: str | None) -> Batch
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for row in out:
             groups.setdefault(tuple(row), []).append(tuple(row.values()))
-        _check_columns(sorted({name for columns in groups for name in columns}), destination)
+        check_columns(sorted({name for columns in groups for name in columns}), destination)
         return [(list(columns), part) for columns, part in groups.items()]
     columns = list(names)
-    _check_columns(columns, destination)
+    check_columns(columns, destination)
     if len(columns) == 1:
         return [(columns, [(row[columns[0]],) for row in out])]
     return [(columns, list(map(itemgetter(*columns), out)))]
@@ -272,15 +270,6 @@ def _page_reader(
     if pgcopy.psycopg_connection(reading) is not None:
         return lambda cursor: pgcopy.fetch(reading, source, cursor, upper, size)
     return lambda cursor: source.fetch(reading, cursor, upper, size)
-
-
-def _check_columns(columns: Iterable[str], destination: Table) -> None:
-    extra = [name for name in columns if name not in destination.c]
-    if extra:
-        raise EtlError(
-            f"columns that do not match: {', '.join(map(repr, extra))} not in destination "
-            f"{destination.fullname!r} (it has {', '.join(destination.c.keys())})"
-        )
 
 
 def run_copy(
