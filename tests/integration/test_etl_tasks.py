@@ -8,6 +8,7 @@ variables or ``ORCHESTRATOR_CONN_<NAME>_PASSWORD`` and never show in errors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +247,19 @@ def test_an_engine_pool_refuses_engines_once_closed() -> None:
     assert pool.open == 0
     with pytest.raises(EtlError, match="the attempt is over"):
         Connections(parse_package(pooled("sqlite://")).connections, {}, pool).engine("db")
+
+
+def test_a_unit_that_outlives_its_attempt_closes_what_it_opened(tmp_path: Path) -> None:
+    """A unit still running when its attempt ended (abandoned after the stop grace) closes the
+    connections it opened since, when it ends."""
+    pool = EnginePool()
+    connections = Connections(
+        parse_package(pooled(f"sqlite:///{tmp_path / 'db.sqlite'}")).connections, {}, pool
+    )
+    engine = connections.engine("db")
+    pool.close()
+    with _Pools() as pools:
+        with engine.connect() as connection:  # the unit goes on after the attempt's end
+            connection.exec_driver_sql("SELECT 1")
+        connections.close()
+    assert pools.opened and pools.opened <= pools.closed

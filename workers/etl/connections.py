@@ -55,6 +55,11 @@ class EnginePool:
             return engine
 
     @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
+    @property
     def open(self) -> int:
         """Engines created and not yet disposed."""
         with self._lock:
@@ -139,7 +144,12 @@ class Connections:
         return Masker(self._secrets)(text)
 
     def close(self) -> None:
-        """The unit is done: its own pool's engines are disposed of (the attempt's stay)."""
-        self._engines.clear()
+        """The unit is done: its own pool's engines are disposed of; the attempt's stay open,
+        unless the attempt ended first (a unit left running past its stop): then what this
+        unit opened since is closed too."""
         if self._own:
             self._pool.close()
+        elif self._pool.closed:
+            for engine in self._engines.values():
+                engine.dispose()
+        self._engines.clear()
