@@ -23,7 +23,7 @@ from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments, resolve
 from orchestrator.runtime.settings import get_settings
 from workers.errors import AttemptFenced
-from workers.etl.checks import check_connected
+from workers.etl import check_connected
 from workers.executor import ExecutionOptions, RunRequest, RunResult, execute
 
 
