@@ -64,6 +64,7 @@ from workers.errors import (
     TaskError,
     VariableConflict,
 )
+from workers.etl.connections import EnginePool
 from workers.execution import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, SerialHooks
 from workers.flowrun import FlowRun
 from workers.handlers import HandlerRunner
@@ -141,6 +142,7 @@ class _Run(FlowRun):
         self.workers = 0  # worker threads alive
         self.over = threading.Event()  # set when the run is over or interrupted: the main thread waits on it
         self.context = contextvars.copy_context()
+        self.engines = EnginePool()  # the package's connections, shared by this attempt's units
         self.units = UnitRunner(self)
         self.handler_runner = HandlerRunner(self, self.units)
         self.handler_states: dict[str, TaskState] = {}
@@ -226,6 +228,9 @@ class _Run(FlowRun):
             try:
                 return self._run()
             finally:
+                # Whatever ended the attempt (success, failure, fenced, cancelled): its
+                # database connections close with it.
+                self.engines.close()
                 if self.writer is not None:
                     self.writer.close()
 

@@ -27,6 +27,7 @@ from orchestrator.packages.templating import TemplateError, render
 from orchestrator.state.states import TaskState
 from workers.context import Flag, Progress, TaskContext, TaskLogger, TaskVariables, read_only
 from workers.errors import RunInterrupted, TaskCancelled, TaskError, VariableConflict
+from workers.etl.connections import EnginePool
 from workers.etl.task import etl_function
 from workers.execution import ExecutionOptions, RunRequest, SerialHooks
 from workers.invoke import call_python, checked_output, resolve_callable, run_shell, shell_command
@@ -49,6 +50,7 @@ class Host(Protocol):
     variables: dict[str, Any]
     state: Checkpoint
     interrupted: BaseException | None
+    engines: EnginePool
 
     def outputs(self) -> dict[str, Any]: ...
 
@@ -203,7 +205,9 @@ class UnitRunner:
             raise TaskError(f"params: {exc}") from exc
         if task.python is None:  # a sql or copy task (workers.etl)
             report = functools.partial(self.host.hooks.copy_progress, task.id, ctx.item)
-            function = etl_function(task, self.host.package, options.allowed_modules, report)
+            function = etl_function(
+                task, self.host.package, options.allowed_modules, report, self.host.engines
+            )
         else:
             function = resolve_callable(task.python, options.allowed_modules)
         return call_python(function, ctx, task_stop, task.timeout)

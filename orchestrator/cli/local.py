@@ -15,27 +15,47 @@ from rich.markup import escape
 from checkpoints import is_s3_url, open_store, validate_run_id
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.console import ProgressDisplay, print_result
+from orchestrator.errors import PackageInvalid
 from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.packages.kinds import CheckpointUsage
 from orchestrator.packages.model import Package
 from orchestrator.packages.validation import load_package
-from orchestrator.packages.variables import parse_assignments
+from orchestrator.packages.variables import parse_assignments, resolve
 from orchestrator.runtime.settings import get_settings
 from workers.errors import AttemptFenced
+from workers.etl import check_connected
 from workers.executor import ExecutionOptions, RunRequest, RunResult, execute
 
 
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="Package file (YAML or JSON).")]) -> None:
+def validate(
+    file: Annotated[Path, typer.Argument(help="Package file (YAML or JSON).")],
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect",
+            help="Also open each connection the package names and check its copy tasks read-only "
+            "(tables, keys, NULL keys, columns); passwords from --var or ORCHESTRATOR_CONN_<NAME>_PASSWORD.",
+        ),
+    ] = False,
+    var: VarOption = None,
+) -> None:
     """Validate a package: exit 0, or 2 with every error listed."""
     with exit_codes():
         package = load_package(file)
+        if connect:
+            issues = check_connected(package, resolve(package, parse_assignments(var or [])))
+            if issues:
+                raise PackageInvalid(issues, source=f"{file} (--connect)")
     tasks = len(package.tasks)
     out.print(
         f"[green]ok[/]: package {package.name!r}, {tasks} task(s), definition {package.definition_hash[:12]}"
     )
     for line in flow_lines(package):
         out.print(escape(line), highlight=False)
+    if connect:
+        names = sorted(package.connections)
+        out.print(escape(f"  connections checked: {', '.join(names) or 'none'}"), highlight=False)
 
 
 def flow_lines(package: Package) -> list[str]:

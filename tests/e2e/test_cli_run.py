@@ -193,6 +193,43 @@ def test_validate_exit_codes(tmp_path: Path) -> None:
         assert expected in result.stderr
 
 
+def test_validate_connect_checks_the_databases(tmp_path: Path) -> None:
+    """``validate --connect``: the copy's tables, keys and columns checked on the database named
+    by a ``--var``; every problem listed (exit 2), and a plain ``validate`` does not connect."""
+    db = tmp_path / "etl.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE src (id INTEGER NOT NULL PRIMARY KEY, name TEXT, extra TEXT)")
+        connection.execute("CREATE TABLE dst (id INTEGER NOT NULL PRIMARY KEY, name TEXT)")
+        connection.commit()
+
+    def copy(task: str, source: str, destination: str) -> dict[str, Any]:
+        ends = {"source": {"connection": "db", "table": source, "key": ["id"]}}
+        return {"id": task, "copy": {**ends, "destination": {"connection": "db", "table": destination}}}
+
+    package = write_package(
+        tmp_path / "etl.yaml",
+        {
+            "name": "etl",
+            "variables": {"db": {"type": "str", "default": "sqlite:///nowhere/at/all.db"}},
+            "connections": {"db": {"url": "{{ vars.db }}"}},
+            "tasks": [copy("wide", "src", "dst"), copy("missing", "nope", "dst"), copy("same", "dst", "dst")],
+        },
+    )
+    assert run_cli("validate", str(package), cwd=tmp_path).returncode == 0
+    result = run_cli("validate", "--connect", "--var", f"db=sqlite:///{db}", str(package), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "2 errors" in result.stderr
+    assert "task 'wide': copy.source: columns that do not match: 'extra'" in result.stderr
+    assert "task 'missing': copy.source: table 'nope' not found on connection 'db'" in result.stderr
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("ALTER TABLE dst ADD COLUMN extra TEXT")
+        connection.execute("CREATE TABLE nope (id INTEGER NOT NULL PRIMARY KEY, name TEXT)")
+        connection.commit()
+    ok = run_cli("validate", "--connect", "--var", f"db=sqlite:///{db}", str(package), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "connections checked: db" in ok.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -235,6 +235,41 @@ def test_query_source_and_transform(etl_url: str) -> None:
     assert rows(etl_url, "SELECT customer FROM orders_copy WHERE id = 7") == [("C0",)]
 
 
+def test_transform_rows_of_any_shape(etl_url: str) -> None:
+    """A transform may drop columns, give a generator, or give rows that differ in their columns;
+    its input rows are plain dicts keyed by plain str (untracked by the garbage collector)."""
+    import gc
+
+    fill_orders(etl_url, 12)
+    seen: list[bool] = []
+
+    def reshape(ctx: Any, page: list[dict[str, Any]]) -> Any:
+        seen.extend(type(name) is str and not gc.is_tracked(row) for row in page for name in row)
+        for row in page:
+            if row["id"] % 2:
+                yield {"id": row["id"], "customer": row["customer"] + "!"}  # amount left to its default
+            else:
+                yield {**row, "amount": 0}
+
+    output = copy_with(package(etl_url, etl_url, orders_copy(5)), reshape)
+    assert output["rows"] == 12 and seen and all(seen)
+    assert rows(etl_url, "SELECT customer, amount FROM orders_copy WHERE id IN (3, 4) ORDER BY id") == [
+        ("c3!", None),
+        ("c4", 0),
+    ]
+
+    execute(etl_url, "DELETE FROM orders_copy", "DELETE FROM orchestrator_copy_state")
+    with pytest.raises(EtlError, match="must give dicts"):
+        copy_with(
+            package(etl_url, etl_url, orders_copy(5)), lambda ctx, page: [tuple(r.values()) for r in page]
+        )
+    with pytest.raises(EtlError, match="columns that do not match: 'extra'"):
+        copy_with(
+            package(etl_url, etl_url, orders_copy(5)), lambda ctx, page: [{**r, "extra": 1} for r in page]
+        )
+    assert rows(etl_url, "SELECT COUNT(*) FROM orders_copy") == [(0,)]
+
+
 def test_copy_between_databases(etl_url: str, tmp_path: Path) -> None:
     """SQLite into the parametrised database (and so from one engine's types into another's)."""
     with database("sqlite", tmp_path, "source") as source:

@@ -8,17 +8,20 @@ variables or ``ORCHESTRATOR_CONN_<NAME>_PASSWORD`` and never show in errors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import Pool
 
 from checkpoints import InMemoryCheckpointStore
 from orchestrator.packages import parse_package
 from orchestrator.state.states import RunState
 from tests.support.etl import checksum, execute, rows
-from workers.etl import MAX_SQL_ROWS
+from workers.etl import MAX_SQL_ROWS, Connections, EnginePool, EtlError
 from workers.executor import ExecutionOptions, RunRequest
 from workers.executor import execute as run_package
 
@@ -175,3 +178,88 @@ def test_a_copy_per_foreach_item(etl_url: str) -> None:
         ("eu", 10),
         ("us", 10),
     ]
+
+
+class _Pools:
+    """The engines that connect during a run and the database connections they open and close."""
+
+    def __init__(self) -> None:
+        self.engines: set[int] = set()
+        self.opened: set[int] = set()
+        self.closed: set[int] = set()
+
+    def __enter__(self) -> _Pools:
+        event.listen(Engine, "engine_connect", self._used)
+        event.listen(Pool, "connect", self._opened)
+        event.listen(Pool, "close", self._closed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(Engine, "engine_connect", self._used)
+        event.remove(Pool, "connect", self._opened)
+        event.remove(Pool, "close", self._closed)
+
+    def _used(self, connection: Any) -> None:
+        self.engines.add(id(connection.engine))
+
+    def _opened(self, dbapi_connection: Any, record: Any) -> None:
+        self.opened.add(id(dbapi_connection))
+
+    def _closed(self, dbapi_connection: Any, record: Any) -> None:
+        self.closed.add(id(dbapi_connection))
+
+
+def pooled(url: str, failing: bool = False) -> dict[str, Any]:
+    sql = {"connection": "db", "statements": ["SELECT 1"]}
+    last = {"connection": "db", "statements": ["SELECT * FROM no_such_table" if failing else "SELECT 2"]}
+    return {
+        "name": "pooled",
+        "connections": {"db": {"url": url}},
+        "tasks": [
+            {"id": "a", "sql": sql},
+            {"id": "b", "sql": sql, "depends_on": ["a"]},
+            {"id": "items", "sql": sql, "foreach": list(range(8)), "concurrency": 2, "depends_on": ["b"]},
+            {"id": "last", "sql": last, "depends_on": ["items"]},
+        ],
+    }
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["succeeded", "failed"])
+def test_connections_are_pooled_for_the_attempt_and_closed_when_it_ends(etl_url: str, failing: bool) -> None:
+    """Eleven units (two tasks, eight foreach items two at a time, a last task) share one engine
+    and reuse its connections; every connection is closed when the attempt ends, failed or not."""
+    with _Pools() as pools:
+        result = run_package(RunRequest(parse_package(pooled(etl_url, failing)), "r1"))
+    assert result.state is (RunState.FAILED if failing else RunState.SUCCEEDED), result.error
+    assert len(pools.engines) == 1, "one engine per connection for the whole attempt"
+    assert 1 <= len(pools.opened) <= 2, f"{len(pools.opened)} connections for 11 units, 2 at a time"
+    assert pools.opened <= pools.closed, "a connection outlived its attempt"
+
+
+def test_an_engine_pool_refuses_engines_once_closed() -> None:
+    pool = EnginePool()
+    connections = Connections(parse_package(pooled("sqlite://")).connections, {}, pool)
+    engine = connections.engine("db")
+    assert Connections(parse_package(pooled("sqlite://")).connections, {}, pool).engine("db") is engine
+    connections.close()
+    assert pool.open == 1, "a unit's close leaves the attempt's engines open"
+    pool.close()
+    assert pool.open == 0
+    with pytest.raises(EtlError, match="the attempt is over"):
+        Connections(parse_package(pooled("sqlite://")).connections, {}, pool).engine("db")
+
+
+def test_a_unit_that_outlives_its_attempt_closes_what_it_opened(tmp_path: Path) -> None:
+    """A unit still running when its attempt ended (abandoned after the stop grace) closes the
+    connections it opened since, when it ends."""
+    pool = EnginePool()
+    connections = Connections(
+        parse_package(pooled(f"sqlite:///{tmp_path / 'db.sqlite'}")).connections, {}, pool
+    )
+    engine = connections.engine("db")
+    pool.close()
+    with _Pools() as pools:
+        with engine.connect() as connection:  # the unit goes on after the attempt's end
+            connection.exec_driver_sql("SELECT 1")
+        connections.close()
+    assert pools.opened and pools.opened <= pools.closed

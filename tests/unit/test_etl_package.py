@@ -89,6 +89,18 @@ def test_the_copy_definition_counts_in_the_hash() -> None:
             Issue("tasks[1].copy.source.key", "required key 'key' is missing"),
         ),
         (
+            lambda d: d["tasks"][1]["copy"]["source"].pop("table"),
+            Issue("tasks[1].copy.source", "a copy source needs exactly one of 'table' and 'query'"),
+        ),
+        (
+            lambda d: d["tasks"][1]["copy"]["destination"].pop("table"),
+            Issue("tasks[1].copy.destination.table", "required key 'table' is missing"),
+        ),
+        (
+            lambda d: d["tasks"][1]["copy"]["source"].update(key=[]),
+            Issue("tasks[1].copy.source.key", "List should have at least 1 item after validation, not 0"),
+        ),
+        (
             lambda d: d["tasks"][1]["copy"]["source"].update(query="SELECT 1"),
             Issue("tasks[1].copy.source", "a copy source needs exactly one of 'table' and 'query'"),
         ),

@@ -15,6 +15,8 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
@@ -24,14 +26,18 @@ from orchestrator.packages.etl import CopySpec
 from orchestrator.packages.model import item_key
 from workers.context import TaskContext
 from workers.errors import TaskCancelled
+from workers.etl import pgcopy
 from workers.etl.connections import Connections, EtlError
 from workers.etl.pgcopy import copy_format, stream
-from workers.etl.source import Source, check_unique_key, open_source, reflect
+from workers.etl.source import Source, check_columns, check_null_keys, check_unique_key, open_source, reflect
 from workers.etl.state import CopyState, advance, claim, ensure_table
 from workers.etl.values import decode_key, encode_key
 
 PROGRESS_EVERY = 1.0
 """Seconds between two progress reports of a copy (events: one Redis append each)."""
+
+Batch = list[tuple[list[str], list[tuple[Any, ...]]]]
+"""A batch to write: groups of rows (tuples) with the columns they give values for."""
 
 Transform = Callable[[TaskContext, list[dict[str, Any]]], Iterable[dict[str, Any]]]
 
@@ -93,12 +99,10 @@ class _Copy:
         spec = self.spec.source
         source, table = open_source(reading, spec, spec.connection, self.ctx.item)
         if self.transform is None:
-            _check_columns(source.columns, destination)
+            check_columns(source.columns, destination)
         if table is not None:
             check_unique_key(reading, table, spec.key)
-        nullable = table is None or any(table.c[k].nullable for k in spec.key)
-        if nullable and source.has_null_key(reading):
-            raise EtlError(f"the source has NULLs in key column(s) {spec.key}: a key must be NOT NULL")
+        check_null_keys(reading, source, table, spec.key)
         return source, table
 
     def start(self, reading: Connection, source: Source) -> CopyState:
@@ -132,28 +136,32 @@ class _Copy:
         assert upper is not None
         cursor = decode_key(state.cursor)
         size = self.spec.batch_size
-        positions = [source.columns.index(k) for k in self.spec.source.key]
+        last_key = _key_getter([source.columns.index(k) for k in self.spec.source.key])
+        fetch = _page_reader(reading, source, upper, size)
         engine = self.connections.engine(self.spec.destination.connection)
         while True:
             if self.ctx.cancelled:
                 raise TaskCancelled(f"copy {self.ctx.task_id!r} stopped: its attempt was cancelled")
-            rows = source.fetch(reading, cursor, upper, size)
+            rows = fetch(cursor)
             if not rows:
                 return state
-            last = tuple(rows[-1][i] for i in positions)
+            last, full = last_key(rows[-1]), len(rows) == size
             out = self.transformed(source.columns, rows, destination)
+            count = sum(len(part) for _, part in out)
+            del rows  # a transform's input: freed before the write
             with (
                 self.database(self.spec.destination.connection, "writing a batch"),
                 engine.begin() as writing,
             ):
                 # The fence first: a stale attempt learns it at once, before its rows could meet
                 # the newer attempt's (a unique key would turn that into a confusing error).
-                state = advance(writing, state, len(out), encode_key(last))
-                write_rows(writing, destination, source.columns, out)
-            self.counted(len(out))
+                state = advance(writing, state, count, encode_key(last))
+                for columns, part in out:
+                    write_rows(writing, destination, columns, part)
+            self.counted(count)
             self.save(state)
             self.progress(state, resumed_rows, started)
-            if len(rows) < size:
+            if not full:
                 return state
             cursor = last
 
@@ -202,16 +210,13 @@ class _Copy:
         rate = (state.rows - resumed_rows) / (now - started) if now > started else 0.0
         self.report({"rows": state.rows, "rows_per_second": round(rate, 1)})
 
-    def transformed(
-        self, columns: list[str], rows: list[tuple[Any, ...]], destination: Table
-    ) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
+    def transformed(self, columns: list[str], rows: list[tuple[Any, ...]], destination: Table) -> Batch:
+        """The batch as the destination gets it: groups of rows with the same columns (one group
+        but when a transform gives rows with different columns)."""
         if self.transform is None:
-            return rows
-        out = list(self.transform(self.ctx, [dict(zip(columns, row, strict=True)) for row in rows]))
-        if not all(isinstance(row, dict) for row in out):
-            raise EtlError(f"transform {self.spec.transform!r} must give dicts (one per row)")
-        _check_columns(sorted({name for row in out for name in row}), destination)
-        return out
+            return [(columns, rows)]
+        out = self.transform(self.ctx, list(map(dict, map(zip, repeat(columns), rows))))
+        return _as_rows(out if isinstance(out, list) else list(out), destination, self.spec.transform)
 
     def save(self, state: CopyState) -> None:
         self.ctx.progress.save(
@@ -219,48 +224,52 @@ class _Copy:
         )
 
 
-def write_rows(
-    connection: Connection,
-    table: Table,
-    columns: list[str],
-    rows: list[tuple[Any, ...]] | list[dict[str, Any]],
-) -> None:
-    """Insert a batch in the connection's transaction: PostgreSQL (psycopg) rows given as tuples
-    go through ``COPY ... FROM STDIN``, the rest through an executemany ``INSERT``."""
+def write_rows(connection: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows (values in the order of ``columns``) in the connection's transaction: through
+    ``COPY ... FROM STDIN`` into PostgreSQL (psycopg), else an executemany ``INSERT``."""
     if not rows:
         return
-    copying = connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg"
-    if copying and isinstance(rows[0], dict):  # a transform's rows: COPY too when they agree on columns
-        first = rows[0]
-        if all(isinstance(row, dict) and row.keys() == first.keys() for row in rows):
-            columns = list(first)
-            rows = [tuple(row[name] for name in columns) for row in rows]
-    if isinstance(rows[0], tuple):
-        if copying:
-            _copy_in(connection, table, columns, rows)
-            return
-        rows = [dict(zip(columns, row, strict=True)) for row in rows]
-    connection.execute(insert(table), rows)
+    if pgcopy.psycopg_connection(connection) is not None:
+        pgcopy.copy_in(connection, table, columns, rows)
+        return
+    connection.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
-def _copy_in(connection: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    quote = connection.dialect.identifier_preparer
-    names = ", ".join(quote.quote(name) for name in columns)
-    statement = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
-    driver = connection.connection.driver_connection  # psycopg's, in the batch's transaction
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
+def _as_rows(out: list[Any], destination: Table, transform: str | None) -> Batch:
+    """A transform's rows as tuples, grouped by their columns: one group in the usual case (one
+    C-level pass, no dict per row on the way out); a column a row leaves out gets its default."""
+    if not all(map(isinstance, out, repeat(dict))):
+        raise EtlError(f"transform {transform!r} must give dicts (one per row)")
+    if not all(out):
+        raise EtlError(f"transform {transform!r} gave a row without columns")
+    if not out:
+        return []
+    names = out[0].keys()
+    if not all(map(names.__eq__, map(dict.keys, out))):
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for row in out:
+            groups.setdefault(tuple(row), []).append(tuple(row.values()))
+        check_columns(sorted({name for columns in groups for name in columns}), destination)
+        return [(list(columns), part) for columns, part in groups.items()]
+    columns = list(names)
+    check_columns(columns, destination)
+    if len(columns) == 1:
+        return [(columns, [(row[columns[0]],) for row in out])]
+    return [(columns, list(map(itemgetter(*columns), out)))]
 
 
-def _check_columns(columns: Iterable[str], destination: Table) -> None:
-    extra = [name for name in columns if name not in destination.c]
-    if extra:
-        raise EtlError(
-            f"columns that do not match: {', '.join(map(repr, extra))} not in destination "
-            f"{destination.fullname!r} (it has {', '.join(destination.c.keys())})"
-        )
+def _key_getter(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A row's key values, as a tuple, from the key columns' positions."""
+    return lambda row: tuple(row[i] for i in positions)
+
+
+def _page_reader(
+    reading: Connection, source: Source, upper: tuple[Any, ...], size: int
+) -> Callable[[tuple[Any, ...] | None], list[tuple[Any, ...]]]:
+    """The next page after a cursor: through psycopg itself from PostgreSQL, else SQLAlchemy."""
+    if pgcopy.psycopg_connection(reading) is not None:
+        return lambda cursor: pgcopy.fetch(reading, source, cursor, upper, size)
+    return lambda cursor: source.fetch(reading, cursor, upper, size)
 
 
 def run_copy(

@@ -1,4 +1,6 @@
-"""The fast path of a PostgreSQL to PostgreSQL copy without a transform: COPY out, COPY in.
+"""PostgreSQL's fast paths (psycopg): COPY out into COPY in, and pages as plain tuples.
+
+Without a transform, a PostgreSQL to PostgreSQL copy is COPY out, COPY in:
 
 Each batch's rows stream from ``COPY (SELECT ... keyset bounds ...) TO STDOUT``
 on the source straight into ``COPY ... FROM STDIN`` on the destination, in
@@ -7,17 +9,55 @@ the source table's column types are the destination's, text otherwise (the
 server converts). The batch's end is found first (the key of its last row),
 so the cursor is known before any row moves and the fence is checked first,
 as on the general path.
+
+Otherwise (a transform, or another destination), a PostgreSQL source's page
+is read by psycopg itself (:func:`fetch`: rows made in C, no SQLAlchemy row
+per row) and a PostgreSQL destination's rows go in through ``COPY ... FROM
+STDIN`` (:func:`copy_in`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Table
 
 from workers.etl.connections import EtlError
 from workers.etl.source import Source
+
+
+def psycopg_connection(connection: Connection) -> Any | None:
+    """The psycopg connection under ``connection`` (in its transaction), ``None`` for another driver."""
+    if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
+        return None
+    return connection.connection.driver_connection
+
+
+def fetch(
+    reading: Connection, source: Source, cursor: Sequence[Any] | None, upper: Sequence[Any], size: int
+) -> list[tuple[Any, ...]]:
+    """:meth:`Source.fetch` through psycopg: the same page, as tuples psycopg builds in C."""
+    driver = psycopg_connection(reading)
+    assert driver is not None
+    query = source.page(cursor, upper, size).compile(dialect=reading.dialect)
+    with driver.cursor() as rows:
+        rows.execute(str(query), {**query.params, **source.params})
+        return list(rows.fetchall())
+
+
+def copy_in(writing: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write ``rows`` (values in the order of ``columns``) with ``COPY ... FROM STDIN``, in the
+    connection's transaction; text format, so the server converts each value to its column's type."""
+    driver = psycopg_connection(writing)
+    assert driver is not None
+    quote = writing.dialect.identifier_preparer
+    names = ", ".join(quote.quote(name) for name in columns)
+    statement = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        write = copy.write_row
+        for row in rows:
+            write(row)
 
 
 def copy_format(

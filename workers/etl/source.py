@@ -10,7 +10,7 @@ copy starts; rows added above it later are not copied by this run.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class Source:
     ) -> list[tuple[Any, ...]]:
         """The next page as tuples in the order of :attr:`columns` (dicts only when needed)."""
         result = connection.execute(self.page(cursor, upper, size), self.params)
-        return [tuple(row) for row in result]
+        return list(map(tuple, result.fetchall()))
 
 
 def _compare(key: list[ColumnElement[Any]], values: Sequence[Any], operator: str) -> ColumnElement[bool]:
@@ -115,17 +115,23 @@ _OPERATORS: Mapping[str, Any] = {"<=": operator.le, ">": operator.gt}
 
 
 def open_source(
-    connection: Connection, spec: CopySource, connection_name: str, item: Any
+    connection: Connection, spec: CopySource, connection_name: str, item: Any, *, probing: bool = False
 ) -> tuple[Source, Table | None]:
-    """The source of ``spec`` on ``connection``; its reflected table for a table source."""
+    """The source of ``spec`` on ``connection``; its reflected table for a table source.
+
+    ``probing`` (validation, the item maybe unknown): ``:item`` is bound even to ``None`` (NULL).
+    """
     if spec.table is not None:
         table = reflect(connection, spec.table, connection_name)
         missing = [k for k in spec.key if k not in table.c]
         if missing:
             raise EtlError(f"source {spec.table!r} has no key column(s) {', '.join(map(repr, missing))}")
-        return Source(table, list(table.c.keys()), [table.c[k] for k in spec.key], {}), table
+        # Plain str names: SQLAlchemy's quoted_name carries a __dict__, and a dict keyed by one is
+        # tracked by the garbage collector (a transform's rows would cost full collections).
+        columns = [str(col.key) for col in table.c]
+        return Source(table, columns, [table.c[k] for k in spec.key], {}), table
     assert spec.query is not None
-    params = {"item": item} if item is not None and ":item" in spec.query else {}
+    params = {"item": item} if (item is not None or probing) and ":item" in spec.query else {}
     probe = text(f"SELECT * FROM ({spec.query}) AS orchestrator_source WHERE 1 = 0")  # noqa: S608 - the package's own query
     columns = list(connection.execute(probe, params).keys())
     missing = [k for k in spec.key if k not in columns]
@@ -153,4 +159,21 @@ def check_unique_key(connection: Connection, table: Table, key: Sequence[str]) -
         raise EtlError(
             f"key {list(key)} of source {table.fullname!r} is not unique: keyset paging needs the "
             "primary key or the columns of a unique constraint (a tie at a page's edge would lose rows)"
+        )
+
+
+def check_null_keys(connection: Connection, source: Source, table: Table | None, key: Sequence[str]) -> None:
+    """Refuse NULLs in a key column (a NULL key cannot be ordered: its row would be skipped)."""
+    nullable = table is None or any(table.c[k].nullable for k in key)
+    if nullable and source.has_null_key(connection):
+        raise EtlError(f"the source has NULLs in key column(s) {list(key)}: a key must be NOT NULL")
+
+
+def check_columns(columns: Iterable[str], destination: Table) -> None:
+    """Refuse columns the destination does not have."""
+    extra = [name for name in columns if name not in destination.c]
+    if extra:
+        raise EtlError(
+            f"columns that do not match: {', '.join(map(repr, extra))} not in destination "
+            f"{destination.fullname!r} (it has {', '.join(destination.c.keys())})"
         )

@@ -11,7 +11,7 @@ from orchestrator.packages.model import Package, Task
 from orchestrator.packages.templating import TemplateError, render
 from workers.context import TaskContext
 from workers.errors import TaskError
-from workers.etl.connections import Connections
+from workers.etl.connections import Connections, EnginePool
 from workers.etl.copy import run_copy
 from workers.etl.sql import run_sql
 from workers.invoke import resolve_callable
@@ -20,18 +20,28 @@ Report = Callable[[dict[str, Any]], None]
 
 
 def etl_function(
-    task: Task, package: Package, allowed_modules: tuple[str, ...], report: Report | None = None
+    task: Task,
+    package: Package,
+    allowed_modules: tuple[str, ...],
+    report: Report | None = None,
+    pool: EnginePool | None = None,
 ) -> Callable[[TaskContext], Any]:
     """``task`` (a ``sql`` or ``copy`` task) as a function of its context; ``report`` receives a
-    copy's progress (rows, rows per second) about once a second."""
-    return functools.partial(run_etl, task, package, allowed_modules, report or (lambda detail: None))
+    copy's progress (rows, rows per second) about once a second; ``pool``: the attempt's engines."""
+    return functools.partial(run_etl, task, package, allowed_modules, report or (lambda detail: None), pool)
 
 
 def run_etl(
-    task: Task, package: Package, allowed_modules: tuple[str, ...], report: Report, ctx: TaskContext
+    task: Task,
+    package: Package,
+    allowed_modules: tuple[str, ...],
+    report: Report,
+    pool: EnginePool | None,
+    ctx: TaskContext,
 ) -> Any:
-    """Run a ``sql`` or ``copy`` task with the package's connections, closed when it ends."""
-    connections = Connections(package.connections, ctx.vars)
+    """Run a ``sql`` or ``copy`` task with the package's connections: engines from the attempt's
+    ``pool`` (which disposes of them when the attempt ends), else the task's own, closed when it ends."""
+    connections = Connections(package.connections, ctx.vars, pool)
     try:
         if task.sql is not None:
             try:
