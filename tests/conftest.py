@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.support.cluster",
     "tests.support.seaweed",
     "tests.support.etl",
+    "tests.support.executor",
 ]

@@ -3,68 +3,31 @@ conditions and event handlers, and what a resumed run keeps of them (docs/contro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from checkpoints import FilesystemCheckpointStore
 from orchestrator.packages.model import Package
-from orchestrator.packages.validation import parse_package
 from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
 from tests.support.cli import wait_until
+from tests.support.executor import Killed, kill_in, package, run, task
 from workers.context import TaskContext
-from workers.executor import ExecutionOptions, RunRequest, RunResult, execute
-
-
-class Killed(BaseException):
-    """Simulates the process dying: nothing in the executor catches it."""
 
 
 @pytest.fixture(autouse=True)
-def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "executions.jsonl"
-    monkeypatch.setenv(T.LOG_ENV, str(path))
-    T.HOOKS.clear()
-    yield path
-    T.HOOKS.clear()
-
-
-@pytest.fixture
-def log(_log: Path) -> Callable[[], list[dict[str, Any]]]:
-    return lambda: T.read_log(_log)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FilesystemCheckpointStore:
-    return FilesystemCheckpointStore(tmp_path / "checkpoints")
-
-
-def package(*tasks: dict[str, Any], **extra: Any) -> Package:
-    return parse_package({"name": "pkg", "tasks": list(tasks), **extra})
-
-
-def task(task_id: str, *deps: Any, fn: str = "step", **fields: Any) -> dict[str, Any]:
-    return {"id": task_id, "python": f"tests.support.tasks:{fn}", "depends_on": list(deps), **fields}
+def _log(task_log: Path) -> Path:
+    """Every test logs its executions and starts with no task hooks (tests/support/executor.py)."""
+    return task_log
 
 
 def handler(handler_id: str, **fields: Any) -> dict[str, Any]:
     return {"id": handler_id, "python": "tests.support.tasks:handler", **fields}
 
 
-def run(pkg: Package, store: Any, *, run_id: str = "r1", **kwargs: Any) -> RunResult:
-    epoch = store.next_epoch(pkg.name, run_id)
-    request = RunRequest(pkg, run_id, epoch=epoch, attempt=epoch, **kwargs)
-    return execute(request, ExecutionOptions(store=store))
-
-
 def crash(pkg: Package, store: Any, task_id: str) -> None:
-    def die(ctx: TaskContext) -> None:
-        raise Killed(task_id)
-
-    T.HOOKS[task_id] = die
+    kill_in(task_id)
     with pytest.raises(Killed):
         run(pkg, store)
     T.HOOKS.pop(task_id)

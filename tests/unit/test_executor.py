@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,71 +11,25 @@ import pytest
 from checkpoints import (
     CheckpointMismatch,
     CheckpointNotFound,
-    FilesystemCheckpointStore,
     InMemoryCheckpointStore,
 )
 from orchestrator.errors import VariableInvalid
 from orchestrator.packages.model import Package
-from orchestrator.packages.validation import parse_package
 from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
+from tests.support.executor import Killed, kill_in, package, run, task
 from workers.context import TaskContext
 from workers.errors import AttemptFenced
 from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
 
 
-class Killed(BaseException):
-    """Simulates the process dying: nothing in the executor catches it."""
-
-
 @pytest.fixture(autouse=True)
-def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "executions.jsonl"
-    monkeypatch.setenv(T.LOG_ENV, str(path))
-    T.HOOKS.clear()
-    yield path
-    T.HOOKS.clear()
-
-
-@pytest.fixture
-def log(_log: Path) -> Callable[[], list[dict[str, Any]]]:
-    return lambda: T.read_log(_log)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FilesystemCheckpointStore:
-    return FilesystemCheckpointStore(tmp_path / "checkpoints")
-
-
-def package(*tasks: dict[str, Any], **extra: Any) -> Package:
-    body: dict[str, Any] = {"name": "pkg", "tasks": list(tasks), **extra}
-    return parse_package(body)
-
-
-def task(task_id: str, *deps: str, fn: str = "step", **fields: Any) -> dict[str, Any]:
-    return {
-        "id": task_id,
-        "python": f"tests.support.tasks:{fn}",
-        "depends_on": list(deps),
-        **fields,
-    }
+def _log(task_log: Path) -> Path:
+    """Every test logs its executions and starts with no task hooks (tests/support/executor.py)."""
+    return task_log
 
 
 CHAIN = (task("a"), task("b", "a"), task("c", "b"), task("d", "c"))
-
-
-def kill_in(task_id: str) -> None:
-    def die(ctx: TaskContext) -> None:
-        raise Killed(task_id)
-
-    T.HOOKS[task_id] = die
-
-
-def run(pkg: Package, store: Any, *, run_id: str = "r1", **kwargs: Any) -> RunResult:
-    options_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in ExecutionOptions.__dataclass_fields__}
-    epoch = store.next_epoch(pkg.name, run_id) if store is not None else 1
-    request = RunRequest(pkg, run_id, epoch=epoch, attempt=epoch, **kwargs)
-    return execute(request, ExecutionOptions(store=store, **options_fields))
 
 
 def crash(pkg: Package, store: Any, task_id: str, **kwargs: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +17,14 @@ import pytest
 
 import checkpoints.store
 from checkpoints import Change, CheckpointWriter, FilesystemCheckpointStore
-from orchestrator.packages.model import Package
-from orchestrator.packages.validation import parse_package
 from orchestrator.state.states import RunState, TaskState
 from tests.support import tasks as T
+from tests.support.executor import Killed, package, run, task
 from workers.context import TaskContext
 from workers.errors import AttemptFenced
-from workers.executor import ExecutionHooks, ExecutionOptions, RunRequest, RunResult, execute
+from workers.executor import ExecutionHooks
 
 DEADLINE = 30.0
-
-
-class Killed(BaseException):
-    """Simulates the process dying: nothing in the executor catches it."""
 
 
 class Tracker:
@@ -51,37 +46,9 @@ class Tracker:
 
 
 @pytest.fixture(autouse=True)
-def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "executions.jsonl"
-    monkeypatch.setenv(T.LOG_ENV, str(path))
-    T.HOOKS.clear()
-    yield path
-    T.HOOKS.clear()
-
-
-@pytest.fixture
-def log(_log: Path) -> Callable[[], list[dict[str, Any]]]:
-    return lambda: T.read_log(_log)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FilesystemCheckpointStore:
-    return FilesystemCheckpointStore(tmp_path / "checkpoints")
-
-
-def package(*tasks: dict[str, Any], **extra: Any) -> Package:
-    return parse_package({"name": "pkg", "tasks": list(tasks), **extra})
-
-
-def task(task_id: str, *deps: str, fn: str = "step", **fields: Any) -> dict[str, Any]:
-    return {"id": task_id, "python": f"tests.support.tasks:{fn}", "depends_on": list(deps), **fields}
-
-
-def run(pkg: Package, store: Any, run_id: str = "r1", **kwargs: Any) -> RunResult:
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in ExecutionOptions.__dataclass_fields__}
-    epoch = store.next_epoch(pkg.name, run_id)
-    request = RunRequest(pkg, run_id, epoch=epoch, attempt=epoch, **kwargs)
-    return execute(request, ExecutionOptions(store=store, **options))
+def _log(task_log: Path) -> Path:
+    """Every test logs its executions and starts with no task hooks (tests/support/executor.py)."""
+    return task_log
 
 
 def meet(barrier: threading.Barrier, tracker: Tracker | None = None) -> Callable[[TaskContext], None]:
