@@ -16,9 +16,9 @@ import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, Table, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -343,20 +343,47 @@ class Repository:
             return run
 
     def mark_claimed(self, run_id: str, epoch: int, attempt: int, node: str) -> Run:
-        """Record the claim (fenced); return the run as the attempt needs it (one transaction)."""
-        with self.fenced(run_id, epoch) as (session, run):
-            now = utcnow()
-            run.state, run.node = RunState.RUNNING, node
-            run.started_at = run.started_at or now
-            session.execute(
-                update(Attempt)
-                .where(Attempt.run_id == run_id, Attempt.number == attempt)
-                .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
-            )
-            self._event(session, run_id, "claimed", node=node, attempt=attempt, epoch=epoch)
-            session.flush()
-            session.expunge(run)
-            return run
+        """Record the claim (fenced); return the run as the attempt needs it (one transaction).
+
+        On every attempt's path, so three plain statements rather than the ORM's unit of work:
+        the run's row is updated only while its epoch is ``epoch`` and it has not ended (the
+        update locks it), then the attempt's row and the ``claimed`` event. A run that is not
+        claimable raises as :meth:`fenced` does.
+        """
+        now = utcnow()
+        runs, attempts = cast(Table, Run.__table__), cast(Table, Attempt.__table__)
+        with self.sessions.begin() as session:
+            claimed = session.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.epoch == epoch,
+                    runs.c.state.not_in([s for s in RunState if s.finished]),
+                )
+                .values(state=RunState.RUNNING, node=node, started_at=func.coalesce(runs.c.started_at, now))
+                .returning(*runs.c)
+            ).one_or_none()
+            if claimed is not None:
+                session.execute(
+                    update(attempts)
+                    .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
+                    .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
+                )
+                session.execute(
+                    insert(cast(Table, Event.__table__)).values(
+                        run_id=run_id,
+                        at=now,
+                        kind="claimed",
+                        node=node,
+                        attempt=attempt,
+                        detail={"epoch": epoch},
+                    )
+                )
+        if claimed is None:  # nothing was changed; say why, as fenced() does
+            with self.fenced(run_id, epoch):  # raises: no such run, a newer epoch, or it ended
+                pass
+            raise AttemptFenced(f"run {run_id!r} could not be claimed at epoch {epoch}")
+        return Run(**claimed._asdict())
 
     def finish_attempt(
         self,
