@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,14 +84,7 @@ class Repository:
     def fenced(self, run_id: str, epoch: int) -> Iterator[tuple[Session, Run]]:
         """A transaction on the run, refused unless its epoch is still ``epoch`` and it has not ended."""
         with self.sessions.begin() as session, self._locked_run(session, run_id) as run:
-            if run.epoch != epoch:
-                raise AttemptFenced(
-                    f"run {run_id!r} is at epoch {run.epoch}; attempt with epoch {epoch} was fenced"
-                )
-            if run.state.finished:
-                # Ended by its attempt (a redelivered message must not run it again) or by the
-                # scheduler (restarts exhausted, cancelled), which fences in Redis only.
-                raise AttemptFenced(f"run {run_id!r} has ended ({run.state.value}); epoch {epoch} is over")
+            _check_epoch(run_id, epoch, run.epoch, run.state)
             yield session, run
 
     @staticmethod
@@ -400,35 +393,68 @@ class Repository:
 
         ``records`` are what the attempt reported that may not be in SQL yet: they are
         written first, in the same transaction, so the timeline is complete and in order
-        once the run has ended (those already written are skipped).
+        once the run has ended (those already written are skipped). On every attempt's
+        path, so plain statements after the records: the run's row locked and checked, then
+        updated with the attempt's row, the task rows in one insert and one executemany
+        update, and the ``finished`` event.
         """
-        with self.fenced(run_id, epoch) as (session, run):
-            write_records(session, records, locked={run_id: (run.attempt, run.state)})
+        runs, attempts, task_runs = (cast(Table, model.__table__) for model in (Run, Attempt, TaskRun))
+        with self.sessions.begin() as session:
+            current = session.execute(
+                select(runs.c.attempt, runs.c.epoch, runs.c.state)
+                .where(runs.c.id == run_id)
+                .with_for_update()
+            ).one_or_none()
+            if current is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            _check_epoch(run_id, epoch, current.epoch, current.state)
+            write_records(session, records, locked={run_id: (current.attempt, current.state)})
+            session.flush()  # what the records added, before the task rows are read below
             now = utcnow()
-            run.state, run.error, run.finished_at = state, error, now
             session.execute(
-                update(Attempt)
-                .where(Attempt.run_id == run_id, Attempt.number == attempt)
+                update(runs).where(runs.c.id == run_id).values(state=state, error=error, finished_at=now)
+            )
+            session.execute(
+                update(attempts)
+                .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
                 .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
             )
-            found = session.scalars(select(TaskRun).where(TaskRun.run_id == run_id))
-            rows = {row.task_id: row for row in found}
-            for task_id, task_state in tasks.items():
-                row = rows.get(task_id)
-                if row is None:
-                    session.add(TaskRun(run_id=run_id, task_id=task_id, state=task_state, attempt=attempt))
-                elif (
-                    row.state in (TaskState.PENDING, TaskState.RUNNING) or task_state is not TaskState.PENDING
-                ):
-                    row.state = task_state
-            self._event(
-                session,
-                run_id,
-                "finished",
-                node=node,
-                attempt=attempt,
-                state=state.value,
-                error=error,
+            found = session.execute(
+                select(task_runs.c.task_id, task_runs.c.state).where(task_runs.c.run_id == run_id)
+            )
+            recorded: dict[str, TaskState] = {task_id: task_state for task_id, task_state in found}
+            added = [
+                {"run_id": run_id, "task_id": task_id, "state": task_state, "attempt": attempt}
+                for task_id, task_state in tasks.items()
+                if task_id not in recorded
+            ]
+            changed = [
+                {"changed_task": task_id, "new_state": task_state}
+                for task_id, task_state in tasks.items()
+                if task_id in recorded
+                and (
+                    recorded[task_id] in (TaskState.PENDING, TaskState.RUNNING)
+                    or task_state is not TaskState.PENDING
+                )
+            ]
+            if added:
+                session.execute(insert(task_runs), added)
+            if changed:
+                session.execute(
+                    update(task_runs)
+                    .where(task_runs.c.run_id == run_id, task_runs.c.task_id == bindparam("changed_task"))
+                    .values(state=bindparam("new_state")),
+                    changed,
+                )
+            session.execute(
+                insert(cast(Table, Event.__table__)).values(
+                    run_id=run_id,
+                    at=now,
+                    kind="finished",
+                    node=node,
+                    attempt=attempt,
+                    detail={"state": state.value, "error": error},
+                )
             )
 
     # -- nodes -----------------------------------------------------------------------------
@@ -520,3 +546,13 @@ class Repository:
         for node, run_id in rows:
             found.setdefault(node or "", []).append(run_id)
         return found
+
+
+def _check_epoch(run_id: str, epoch: int, current: int, state: RunState) -> None:
+    """Refuse an attempt's write unless the run is still at its ``epoch`` and has not ended."""
+    if current != epoch:
+        raise AttemptFenced(f"run {run_id!r} is at epoch {current}; attempt with epoch {epoch} was fenced")
+    if state.finished:
+        # Ended by its attempt (a redelivered message must not run it again) or by the
+        # scheduler (restarts exhausted, cancelled), which fences in Redis only.
+        raise AttemptFenced(f"run {run_id!r} has ended ({state.value}); epoch {epoch} is over")
