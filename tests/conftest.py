@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.cluster",
     "tests.support.seaweed",
+    "tests.support.moto",
     "tests.support.etl",
 ]
