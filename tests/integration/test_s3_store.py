@@ -59,8 +59,6 @@ def status(exc: ClientError) -> int:
 def s3(request: pytest.FixtureRequest) -> S3Server:
     """The test's S3 server: the session's SeaweedFS, then the session's moto."""
     server: S3Server = request.getfixturevalue("seaweed" if request.param == "seaweed" else "moto_s3")
-    if isinstance(server, MotoS3) and server.unsupported:
-        pytest.skip(server.unsupported)
     return server
 
 

@@ -98,6 +98,8 @@ def moto_s3() -> Iterator[MotoS3]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access log line per request
     server.start()
     try:
+        if server.unsupported:
+            pytest.skip(server.unsupported)
         yield server
     finally:
         server.stop()
