@@ -36,13 +36,12 @@ naming the endpoint and the bucket, never the credentials.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -69,7 +68,6 @@ from checkpoints.errors import (
 from checkpoints.format import Checkpoint, encode, verify
 from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
-from checkpoints.journal import Change, encode_record
 from checkpoints.memory import DEFAULT_MAX_BYTES
 from checkpoints.s3config import S3Options, parse_url, shown_endpoint
 from checkpoints.s3layout import (
@@ -83,6 +81,7 @@ from checkpoints.s3layout import (
     seal,
     snapshot_key,
 )
+from checkpoints.s3writer import S3CheckpointWriter
 
 log = logging.getLogger(__name__)
 
@@ -604,119 +603,6 @@ class S3CheckpointStore:
         return CheckpointError(
             f"s3://{self.bucket}/{run}{MANIFEST}: gave up after {_RETRIES} lost compare-and-swap rounds"
         )
-
-
-class S3CheckpointWriter:
-    """:class:`~checkpoints.store.CheckpointWriter` appending journal batches, one object each."""
-
-    def __init__(
-        self,
-        store: S3CheckpointStore,
-        run: str,
-        run_id: str,
-        epoch: int,
-        generation: ManifestGeneration,
-        manifest: Manifest,
-        snapshot_bytes: int,
-    ) -> None:
-        self._store, self._run, self._run_id, self._epoch = store, run, run_id, epoch
-        self._generation, self._manifest, self._snapshot_bytes = generation, manifest, snapshot_bytes
-        self._journal_bytes = 0
-        self._seq = 0
-        self._batches = 0
-        self._failed: str | None = None
-
-    def __repr__(self) -> str:
-        return f"S3CheckpointWriter('s3://{self._store.bucket}/{self._run}', epoch={self._epoch})"
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
-    def generation(self) -> int:
-        return self._generation.number
-
-    @property
-    def snapshot_bytes(self) -> int:
-        return self._snapshot_bytes
-
-    @property
-    def journal_bytes(self) -> int:
-        return self._journal_bytes
-
-    def append(self, changes: Sequence[Change]) -> int:
-        if not changes:
-            return 0
-        self._check_usable()
-        first = self._seq + 1
-        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
-        if len(data) > self._store.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
-                f"over the limit of {self._store.max_bytes}"
-            )
-        key = journal_key(self._run, self._generation, self._batches + 1)
-        with self._failing("an earlier append failed"):
-            # The one request of an append: taken already means sealed (or, were the batch
-            # this writer's own retried create, the same bytes, which counts as written).
-            if not self._store._try_create(key, data):
-                raise self._refusal()
-        self._batches += 1
-        self._seq += len(changes)
-        self._journal_bytes += len(data)
-        return len(data)
-
-    def compact(self, checkpoint: Checkpoint) -> int:
-        if checkpoint.epoch != self._epoch:
-            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
-        self._check_usable()
-        data = self._store.encoded(checkpoint)
-        with self._failing("an earlier compaction failed"):
-            closing = replace(self._generation, batches=self._batches)
-            new, written = self._store._new_generation(
-                self._run, self._manifest, data, epoch=self._epoch, closing=closing
-            )
-            if written is None:
-                raise self._refusal()
-        self._generation, self._manifest, self._snapshot_bytes = new, written, len(data)
-        self._journal_bytes = self._seq = self._batches = 0
-        return len(data)
-
-    def close(self) -> None:
-        """Nothing to release: every request stands alone."""
-
-    def _refusal(self) -> CheckpointError:
-        """Why this writer's journal was sealed or its manifest changed: a newer epoch
-        (fenced), a delete, or another writer of its epoch."""
-        current = self._store._manifest(self._run)
-        if current.epoch > self._epoch:
-            return Fenced(self._run_id, self._epoch, current.epoch)
-        if current.etag is None or not current.generations:
-            return CheckpointError(
-                f"checkpoint of run {self._run_id!r} was deleted while its writer was open"
-            )
-        newest = max(g.number for g in current.generations)
-        began = f"began generation {newest}" if newest > self._generation.number else "changed the manifest"
-        return CheckpointError(
-            f"checkpoint of run {self._run_id!r}: another writer of epoch {self._epoch} {began}; "
-            "this writer must stop"
-        )
-
-    def _check_usable(self) -> None:
-        if self._failed is not None:
-            raise CheckpointError(f"checkpoint of run {self._run_id!r} cannot be written: {self._failed}")
-
-    @contextlib.contextmanager
-    def _failing(self, why: str) -> Iterator[None]:
-        """Mark the writer unusable when the block raises anything but :class:`Fenced`."""
-        try:
-            yield
-        except Fenced:
-            raise
-        except BaseException as exc:
-            self._failed = f"{why} ({exc})"
-            raise
 
 
 class _Lost(Exception):
