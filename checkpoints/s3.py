@@ -1,21 +1,30 @@
 """A checkpoint store on S3-compatible object storage, fenced with conditional writes.
 
-Layout of one run, under ``s3://<bucket>/<prefix><package>/<run_id>/`` (``docs/s3.md``)::
+The run's objects are named in :mod:`checkpoints.s3layout` (``docs/s3.md``): a manifest,
+one snapshot per generation, and the generation's journal as numbered batch objects.
 
-    manifest                       the fence epoch and the current generations (JSON)
-    snapshot-<g>-<token>.json      the snapshot of generation g
-    journal-<g>-<token>-<n>.log    the n-th batch of records appended to generation g
+Nothing is overwritten blindly. A snapshot and a journal batch are new objects created
+with ``If-None-Match: *``; their names carry a random token drawn when the generation
+begins, so no two writers ever create the same name. **An append is one request**: the
+writer creates ``journal-<g>-<token>-<n>.log``, its ``n``-th batch, and the append is
+acknowledged when that create succeeds. The manifest (the fence epoch and the
+generations that count) changes only by compare-and-swap (``If-Match: <ETag>``): when an
+epoch is raised (``fence``, ``next_epoch``, ``open`` with a higher epoch), when a
+generation begins (``open``, ``compact``) and on ``delete``. A compacting writer records
+in the manifest how many batches the generation it closes holds; the batches of an open
+generation are found by listing its journal, taken in order up to the first gap or seal.
 
-Nothing is overwritten blindly. A snapshot and a journal batch are new objects
-created with ``If-None-Match: *``; their names carry a random token drawn when
-the generation begins, so no two writers ever create the same name. The
-manifest is the only object that changes, and only with ``If-Match: <ETag>``
-(compare-and-swap): it names the generations that count and how many journal
-batches each holds, so a batch is acknowledged when the manifest that counts
-it is written. A writer whose epoch is below the manifest's is refused
-(:class:`~checkpoints.errors.Fenced`); a fence, a newer writer or a delete
-changes the manifest, so a stale writer's next compare-and-swap fails on the
-ETag and the re-read manifest tells it why.
+**Sealing** (as SlateDB's WAL and BookKeeper's ledgers are fenced): every operation that
+raises the epoch, begins a generation or deletes, once its manifest swap succeeded,
+creates the next free batch name of every open generation an older writer may still
+append to with a seal body (``If-None-Match: *``; a batch that raced in before the
+seal takes that name, counts, and the seal goes after it). That writer's next create
+then fails (412); it re-reads the manifest and raises
+:class:`~checkpoints.errors.Fenced`, or says the checkpoint was deleted or another
+writer began a generation. So every append that returned is read by the next load
+after the fence, and no append can succeed after it. A seal is idempotent: an
+operation repeated after a failed seal finds the seal, or places it. A compaction is a
+manifest swap from the ETag the writer last wrote, so a fenced writer's fails too.
 
 A lost race answers 412 (or 404 from AWS for ``If-Match`` on a missing key):
 the operation re-reads the manifest and decides again. A 409 (AWS's answer to
@@ -27,16 +36,14 @@ naming the endpoint and the bucket, never the credentials.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -61,14 +68,23 @@ from checkpoints.errors import (
 from checkpoints.format import Checkpoint, encode, verify
 from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
-from checkpoints.journal import Change, encode_record
 from checkpoints.memory import DEFAULT_MAX_BYTES
 from checkpoints.s3config import S3Options, parse_url, shown_endpoint
+from checkpoints.s3layout import (
+    MANIFEST,
+    Manifest,
+    ManifestGeneration,
+    batch_number,
+    is_seal,
+    journal_key,
+    journal_prefix,
+    seal,
+    snapshot_key,
+)
+from checkpoints.s3writer import S3CheckpointWriter
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest"
-MANIFEST_FORMAT = 1
 _LOST = {"PreconditionFailed", "412", "NoSuchKey", "404"}
 """A conditional write lost its race (AWS answers 404 for ``If-Match`` on a missing key)."""
 _CONFLICT = {"ConditionalRequestConflict", "409", "OperationAborted"}
@@ -77,63 +93,6 @@ _BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
 """Answers that mean "busy, try again later" whatever their status."""
 _RETRIES = 100
 """Rounds of one compare-and-swap before giving up (each lost round means another writer won)."""
-
-
-@dataclass(frozen=True)
-class _Generation:
-    number: int
-    token: str
-    batches: int = 0
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What the run's manifest object says; ``etag`` is None when there is none yet."""
-
-    epoch: int = 0
-    version: int = 0
-    generations: tuple[_Generation, ...] = ()
-    etag: str | None = None
-    nonce: str = field(default="", compare=False)
-
-    def encoded(self) -> bytes:
-        body = {
-            "format": MANIFEST_FORMAT,
-            "epoch": self.epoch,
-            "version": self.version,
-            "generations": [[g.number, g.token, g.batches] for g in self.generations],
-            "nonce": self.nonce,
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
-
-    def next(self, **changes: Any) -> Manifest:
-        """The manifest that replaces this one (a new version and nonce, so a new ETag)."""
-        return replace(self, version=self.version + 1, nonce=secrets.token_hex(8), etag=None, **changes)
-
-    @staticmethod
-    def decode(data: bytes, etag: str, where: str) -> Manifest:
-        try:
-            body = json.loads(data)
-            if body["format"] != MANIFEST_FORMAT:
-                raise ValueError(f"unknown manifest format {body['format']!r}")
-            generations = tuple(_Generation(int(n), str(t), int(b)) for n, t, b in body["generations"])
-            return Manifest(int(body["epoch"]), int(body["version"]), generations, etag, str(body["nonce"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorrupt(f"{where}: not a checkpoint manifest ({exc})") from exc
-
-
-def snapshot_key(run: str, generation: _Generation) -> str:
-    return f"{run}snapshot-{generation.number}-{generation.token}.json"
-
-
-def journal_key(run: str, generation: _Generation, batch: int) -> str:
-    return f"{run}journal-{generation.number}-{generation.token}-{batch}.log"
-
-
-def _keys(run: str, generation: _Generation) -> list[str]:
-    return [snapshot_key(run, generation)] + [
-        journal_key(run, generation, n) for n in range(1, generation.batches + 1)
-    ]
 
 
 def _error_code(exc: ClientError) -> str:
@@ -245,6 +204,8 @@ class S3CheckpointStore:
         return writer.snapshot_bytes
 
     def delete(self, package: str, run_id: str, *, epoch: int) -> None:
+        """Swap in a manifest without generations (the epoch stays), seal the journals its
+        writers may still append to, then remove the data objects (the seals stay)."""
         run = self.run_prefix(package, run_id)
         for _ in range(_RETRIES):
             manifest = self._manifest(run)
@@ -253,9 +214,12 @@ class S3CheckpointStore:
             if epoch < manifest.epoch:
                 raise Fenced(run_id, epoch, manifest.epoch)
             if not manifest.generations:
+                self._seal(run, manifest.retired)  # a delete repeated after a failed seal
                 return
-            if self._swap(run, manifest, manifest.next(generations=())) is not None:
-                self._remove([k for g in manifest.generations for k in _keys(run, g)])
+            retired = (*manifest.retired, *(g for g in manifest.generations if g.open))
+            if self._swap(run, manifest, manifest.next(generations=(), retired=retired)) is not None:
+                self._seal(run, retired)
+                self._remove_generations(run, manifest.generations)
                 return
         raise self._contended(run)
 
@@ -270,21 +234,28 @@ class S3CheckpointStore:
         return True
 
     def fence(self, package: str, run_id: str, epoch: int) -> int:
+        """Raise the epoch, then seal the journals of older epochs' writers (again, when a
+        fence at this epoch was already recorded: it may have failed before sealing)."""
         run = self.run_prefix(package, run_id)
         for _ in range(_RETRIES):
             manifest = self._manifest(run)
-            if epoch <= manifest.epoch:
-                return manifest.epoch
-            if self._swap(run, manifest, manifest.next(epoch=epoch)) is not None:
-                return epoch
+            if epoch > manifest.epoch:
+                raised = manifest.next(epoch=epoch)
+                if self._swap(run, manifest, raised) is None:
+                    continue
+                manifest = raised
+            self._seal_older(run, manifest)
+            return manifest.epoch
         raise self._contended(run)
 
     def next_epoch(self, package: str, run_id: str) -> int:
         run = self.run_prefix(package, run_id)
         for _ in range(_RETRIES):
             manifest = self._manifest(run)
-            if self._swap(run, manifest, manifest.next(epoch=manifest.epoch + 1)) is not None:
-                return manifest.epoch + 1
+            raised = manifest.next(epoch=manifest.epoch + 1)
+            if self._swap(run, manifest, raised) is not None:
+                self._seal_older(run, raised)
+                return raised.epoch
         raise self._contended(run)
 
     def epoch(self, package: str, run_id: str) -> int:
@@ -303,29 +274,42 @@ class S3CheckpointStore:
         return data
 
     def _new_generation(
-        self, run: str, manifest: Manifest, data: bytes, *, epoch: int
-    ) -> tuple[_Generation, Manifest | None]:
+        self,
+        run: str,
+        manifest: Manifest,
+        data: bytes,
+        *,
+        epoch: int,
+        closing: ManifestGeneration | None = None,
+    ) -> tuple[ManifestGeneration, Manifest | None]:
         """Write ``data`` as a new generation and swap it into the manifest.
 
         Return the generation and the manifest written, or ``None`` for the manifest when
         the swap lost its race (the snapshot written is removed again: nothing names it).
         The generations before the newest intact one older than the new one are dropped.
+        A compaction passes the generation it ``closing`` (with its batch count); a new
+        writer (``open``) seals every open generation instead, once its swap succeeded.
         """
-        new = _Generation(max((g.number for g in manifest.generations), default=0) + 1, secrets.token_hex(6))
+        number = max((g.number for g in manifest.generations), default=0) + 1
+        new = ManifestGeneration(number, secrets.token_hex(6), None, epoch)
         self._create(snapshot_key(run, new), data)
-        keep = self._kept(run, manifest)
+        current = tuple(
+            closing if closing is not None and g.number == closing.number else g for g in manifest.generations
+        )
+        keep = self._kept(run, current)
         written = manifest.next(epoch=max(epoch, manifest.epoch), generations=(*keep, new))
         etag = self._swap(run, manifest, written)
         if etag is None:
             self._remove([snapshot_key(run, new)])
             return new, None
-        dropped = [g for g in manifest.generations if g not in keep]
-        self._remove([k for g in dropped for k in _keys(run, g)])
+        if closing is None:
+            self._seal(run, manifest.generations)
+        self._remove_generations(run, [g for g in current if g not in keep])
         return new, replace(written, etag=etag)
 
-    def _kept(self, run: str, manifest: Manifest) -> tuple[_Generation, ...]:
+    def _kept(self, run: str, generations: Sequence[ManifestGeneration]) -> tuple[ManifestGeneration, ...]:
         """The older generations to keep beside a new one: back to the newest intact snapshot."""
-        ordered = sorted(manifest.generations, key=lambda g: g.number, reverse=True)
+        ordered = sorted(generations, key=lambda g: g.number, reverse=True)
         for position, generation in enumerate(ordered):
             data = self._get(snapshot_key(run, generation))
             if data is not None and verify(data):
@@ -358,17 +342,108 @@ class S3CheckpointStore:
 
         return read
 
-    def _journal_reader(self, run: str, generation: _Generation, missing: list[str]) -> Callable[[], bytes]:
+    def _journal_reader(
+        self, run: str, generation: ManifestGeneration, missing: list[str]
+    ) -> Callable[[], bytes]:
         def read() -> bytes:
-            keys = [journal_key(run, generation, n) for n in range(1, generation.batches + 1)]
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                parts = list(pool.map(self._get, keys))
-            # A missing batch leaves a gap in the records' sequence numbers: the replay stops
-            # there and reports the damage, as a damaged record in a journal file does.
-            missing.extend(k for k, p in zip(keys, parts, strict=True) if p is None)
-            return b"".join(p for p in parts if p is not None)
+            numbers = self._batches(run, generation)
+            parts = self._parallel(self._get, [journal_key(run, generation, n) for n in numbers])
+            taken: list[bytes] = []
+            for position, (number, part) in enumerate(zip(numbers, parts, strict=True)):
+                if part is not None and is_seal(part):
+                    break  # nothing is created after a seal
+                if part is None or number != position + 1:
+                    # A gap (a batch missing, or one that vanished since the listing): the
+                    # replay stops there, as at a damaged record in a journal file.
+                    if part is None:
+                        missing.append(journal_key(run, generation, number))
+                    after = len(numbers) - position - (part is None)
+                    self._gap(run, generation, f"batch {position + 1} is missing", after)
+                    break
+                if not part.endswith(b"\n") and position + 1 < len(numbers):
+                    # Torn (not whole records) with batches after it: damage, not a torn tail.
+                    self._gap(run, generation, f"batch {number} is torn", len(numbers) - position - 1)
+                    break
+                taken.append(part)
+            return b"".join(taken)
 
         return read
+
+    def _gap(self, run: str, generation: ManifestGeneration, why: str, after: int) -> None:
+        if after > 0:
+            log.warning(
+                "checkpoint journal damaged in s3://%s/%s: %s; %d batch(es) after it are ignored",
+                self.bucket,
+                journal_prefix(run, generation) + "*",
+                why,
+                after,
+            )
+
+    @staticmethod
+    def _parallel(call: Callable[[str], Any], keys: Sequence[str]) -> list[Any]:
+        """``call`` on each key, several requests in flight at once."""
+        if len(keys) < 2:
+            return [call(k) for k in keys]
+        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+            return list(pool.map(call, keys))
+
+    def _batches(self, run: str, generation: ManifestGeneration) -> list[int]:
+        """The batch numbers of the generation's journal: counted if closed, else listed."""
+        if generation.batches is not None:
+            return list(range(1, generation.batches + 1))
+        prefix = journal_prefix(run, generation)
+        return sorted(n for key in self._list(prefix) if (n := batch_number(key, prefix)) is not None)
+
+    # -- sealing -------------------------------------------------------------------
+
+    def _seal_older(self, run: str, manifest: Manifest) -> None:
+        """Seal every open generation begun by a writer of an epoch older than the manifest's."""
+        self._seal(run, [g for g in (*manifest.generations, *manifest.retired) if g.epoch < manifest.epoch])
+
+    def _seal(self, run: str, generations: Iterable[ManifestGeneration]) -> None:
+        for generation in generations:
+            if generation.open:
+                self._seal_journal(run, generation)
+
+    def _seal_journal(self, run: str, generation: ManifestGeneration) -> str:
+        """Create a seal at the next free batch name of the generation's journal; return its key.
+
+        Its writer creates batch n only after n - 1, so the next free name is one past the
+        highest listed. A batch that takes that name first (the writer racing the seal)
+        counts, and the seal goes after it: a writer appending back to back is caught by
+        trying a growing window of names at once (the writer takes a prefix of them, the
+        first seal after it stops it, the seals behind that one are removed again). A seal
+        found at the end of the journal is this one, repeated.
+        """
+        numbers = self._batches(run, generation)
+        if numbers:
+            last = self._get(journal_key(run, generation, numbers[-1]))
+            if last is not None and is_seal(last):
+                return journal_key(run, generation, numbers[-1])
+        number, width, body = (numbers[-1] if numbers else 0) + 1, 1, seal(generation.epoch)
+        for _ in range(_RETRIES):
+            keys = [journal_key(run, generation, n) for n in range(number, number + width)]
+            won: list[bool] = self._parallel(lambda key: self._try_create(key, body), keys)
+            first = won.index(True) if True in won else len(keys)
+            # Each name before this seal's first is a batch (it counts) or another operation's seal.
+            before = self._parallel(self._get, keys[:first])
+            at = next((i for i, data in enumerate(before) if data is not None and is_seal(data)), first)
+            self._remove([key for key, mine in zip(keys, won, strict=True) if mine and key != keys[at]])
+            if at < len(keys):
+                return keys[at]
+            number, width = number + width, min(2 * width, 16)
+        where = f"s3://{self.bucket}/{journal_prefix(run, generation)}*"
+        raise CheckpointError(f"{where}: cannot seal the journal (a new batch won every try)")
+
+    def _remove_generations(self, run: str, generations: Sequence[ManifestGeneration]) -> None:
+        """Remove the generations' snapshots and batches; an open generation's seal (its
+        highest batch name: nothing is created after it) stays, to refuse its writer."""
+        keys: list[str] = []
+        for generation in generations:
+            numbers = self._batches(run, generation)
+            kept = numbers[:-1] if generation.open else numbers
+            keys += [snapshot_key(run, generation)] + [journal_key(run, generation, n) for n in kept]
+        self._remove(keys)
 
     # -- requests ------------------------------------------------------------------
 
@@ -411,21 +486,24 @@ class S3CheckpointStore:
         raise self._contended(run)
 
     def _create(self, key: str, data: bytes) -> None:
-        """Create ``key`` only if absent (``If-None-Match: *``)."""
+        """Create ``key`` only if absent (``If-None-Match: *``); refuse other content there."""
+        if not self._try_create(key, data):
+            raise CheckpointError(f"s3://{self.bucket}/{key} exists already with other content")
+
+    def _try_create(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent; False when it holds other content (never overwritten)."""
         for _ in range(_RETRIES):
             try:
                 self._call(
                     "write", self.client.put_object, Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*"
                 )
-                return
+                return True
             except _Conflict:
                 _backoff()
             except _Lost:
-                # Names carry the writer's own random token: only a retry of this very write
-                # can have created it first. Anything else is refused, never overwritten.
-                if self._get(key) == data:
-                    return
-                raise CheckpointError(f"s3://{self.bucket}/{key} exists already with other content") from None
+                # A retried request whose first try succeeded also answers 412: the same
+                # bytes there are this very write.
+                return self._get(key) == data
         raise CheckpointError(f"s3://{self.bucket}/{key}: the server kept answering 409 Conflict")
 
     def _get(self, key: str) -> bytes | None:
@@ -447,11 +525,11 @@ class S3CheckpointStore:
             raise self._unavailable(f"read s3://{self.bucket}/{key}", exc) from exc
         return data
 
-    def _list(self, run: str) -> list[str]:
+    def _list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         token: dict[str, str] = {}
         while True:
-            page = self._call("list", self.client.list_objects_v2, Bucket=self.bucket, Prefix=run, **token)
+            page = self._call("list", self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **token)
             keys.extend(item["Key"] for item in page.get("Contents", []))
             if not page.get("IsTruncated"):
                 return keys
@@ -525,121 +603,6 @@ class S3CheckpointStore:
         return CheckpointError(
             f"s3://{self.bucket}/{run}{MANIFEST}: gave up after {_RETRIES} lost compare-and-swap rounds"
         )
-
-
-class S3CheckpointWriter:
-    """:class:`~checkpoints.store.CheckpointWriter` appending journal batches under the manifest."""
-
-    def __init__(
-        self,
-        store: S3CheckpointStore,
-        run: str,
-        run_id: str,
-        epoch: int,
-        generation: _Generation,
-        manifest: Manifest,
-        snapshot_bytes: int,
-    ) -> None:
-        self._store, self._run, self._run_id, self._epoch = store, run, run_id, epoch
-        self._generation, self._manifest, self._snapshot_bytes = generation, manifest, snapshot_bytes
-        self._journal_bytes = 0
-        self._seq = 0
-        self._failed: str | None = None
-
-    def __repr__(self) -> str:
-        return f"S3CheckpointWriter('s3://{self._store.bucket}/{self._run}', epoch={self._epoch})"
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
-    def generation(self) -> int:
-        return self._generation.number
-
-    @property
-    def snapshot_bytes(self) -> int:
-        return self._snapshot_bytes
-
-    @property
-    def journal_bytes(self) -> int:
-        return self._journal_bytes
-
-    def append(self, changes: Sequence[Change]) -> int:
-        if not changes:
-            return 0
-        self._check_usable()
-        first = self._seq + 1
-        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
-        if len(data) > self._store.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
-                f"over the limit of {self._store.max_bytes}"
-            )
-        generation = replace(self._generation, batches=self._generation.batches + 1)
-        key = journal_key(self._run, generation, generation.batches)
-        generations = tuple(generation if g == self._generation else g for g in self._manifest.generations)
-        with self._failing("an earlier append failed"):
-            self._store._create(key, data)
-            self._commit(self._manifest.next(generations=generations), orphans=[key])
-        self._generation = generation
-        self._seq += len(changes)
-        self._journal_bytes += len(data)
-        return len(data)
-
-    def compact(self, checkpoint: Checkpoint) -> int:
-        if checkpoint.epoch != self._epoch:
-            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
-        self._check_usable()
-        data = self._store.encoded(checkpoint)
-        with self._failing("an earlier compaction failed"):
-            new, written = self._store._new_generation(self._run, self._manifest, data, epoch=self._epoch)
-            if written is None:
-                raise self._refusal()
-        self._generation, self._manifest, self._snapshot_bytes = new, written, len(data)
-        self._journal_bytes = self._seq = 0
-        return len(data)
-
-    def close(self) -> None:
-        """Nothing to release: every request stands alone."""
-
-    def _commit(self, manifest: Manifest, *, orphans: list[str]) -> None:
-        etag = self._store._swap(self._run, self._manifest, manifest)
-        if etag is None:
-            self._store._remove(orphans)  # named by this writer's token: nobody else refers to them
-            raise self._refusal()
-        self._manifest = replace(manifest, etag=etag)
-
-    def _refusal(self) -> CheckpointError:
-        """Why the manifest changed under this writer: a newer epoch (fenced) or another writer."""
-        current = self._store._manifest(self._run)
-        if current.epoch > self._epoch:
-            return Fenced(self._run_id, self._epoch, current.epoch)
-        if current.etag is None or not current.generations:
-            return CheckpointError(
-                f"checkpoint of run {self._run_id!r} was deleted while its writer was open"
-            )
-        newest = max(g.number for g in current.generations)
-        began = f"began generation {newest}" if newest > self._generation.number else "changed the manifest"
-        return CheckpointError(
-            f"checkpoint of run {self._run_id!r}: another writer of epoch {self._epoch} {began}; "
-            "this writer must stop"
-        )
-
-    def _check_usable(self) -> None:
-        if self._failed is not None:
-            raise CheckpointError(f"checkpoint of run {self._run_id!r} cannot be written: {self._failed}")
-
-    @contextlib.contextmanager
-    def _failing(self, why: str) -> Iterator[None]:
-        """Mark the writer unusable when the block raises anything but :class:`Fenced`."""
-        try:
-            yield
-        except Fenced:
-            raise
-        except BaseException as exc:
-            self._failed = f"{why} ({exc})"
-            raise
 
 
 class _Lost(Exception):

@@ -20,22 +20,25 @@ compare-and-swap (an object store). So the same interface fits:
   a journal is a file opened with ``O_APPEND``; an append is one ``write`` and one
   ``fsync``; writers of a run are serialised by ``flock`` on the run's directory;
 * an S3-compatible object store: a snapshot is an object created with
-  ``If-None-Match: *`` (``<run>/snapshot-<g>``); an append is a new object per
-  record batch (``<run>/journal-<g>-<seq>``, also ``If-None-Match: *``) followed by
-  a write of the manifest (``<run>/manifest``: the fence epoch, the current and
-  previous generation, the number of journal records each holds) with
-  ``If-Match: <the ETag the writer last saw>``. The manifest write is the commit
-  point: a batch is acknowledged when it succeeds; records it does not count are
-  ignored on load, like a torn last record here. A fence or a newer writer
-  changes the manifest, so a stale writer's next manifest write fails on its
-  ETag, and it re-reads the manifest to raise :class:`~checkpoints.errors.Fenced`.
+  ``If-None-Match: *`` (``<run>/snapshot-<g>-<token>.json``); an append is **one
+  request**, a new object per record batch (``<run>/journal-<g>-<token>-<n>.log``,
+  the writer's n-th, also ``If-None-Match: *``), acknowledged when that create
+  succeeds. A manifest (``<run>/manifest``: the fence epoch, the current and
+  previous generation, the batch count of a generation once compacted) changes
+  only by compare-and-swap (``If-Match: <ETag>``): on a fence, a new generation or
+  a delete, never on an append. Whoever raises the epoch (or begins a generation,
+  or deletes), once its swap succeeded, *seals* the journals older writers may
+  still append to: it creates their next batch name with a seal body. A batch
+  created before the seal counts; a stale writer's next create fails (412), and it
+  re-reads the manifest to raise :class:`~checkpoints.errors.Fenced`. Load lists an
+  open generation's batches and replays them up to the first gap or the seal.
 
 Fencing is the store's job, not only the caller's: every write names the
 writer's epoch and the store refuses it (:class:`~checkpoints.errors.Fenced`,
 nothing changed) when a newer epoch was already recorded for the run, under
-the store's own serialisation (a lock, or the manifest's compare-and-swap), so
-two racing writers cannot both win and a fenced writer can never append, not
-even in the middle of a compaction.
+the store's own serialisation (a lock, or the manifest's compare-and-swap and
+the seal), so two racing writers cannot both win and a fenced writer can never
+append once the fence returned, not even in the middle of a compaction.
 """
 
 from __future__ import annotations

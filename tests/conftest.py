@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.cluster",
     "tests.support.seaweed",
+    "tests.support.moto",
     "tests.support.etl",
     "tests.support.executor",
 ]

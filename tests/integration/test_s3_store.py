@@ -1,14 +1,18 @@
-"""The S3 checkpoint store against a real SeaweedFS: conditional writes, races, zombies, bad buckets.
+"""The S3 checkpoint store against a real SeaweedFS and moto's server: conditional writes, races,
+zombies, seals, bad buckets.
 
 The shared store contract runs in tests/unit/test_checkpoint_store.py and test_checkpoint_writer.py
 (parametrised over the S3 store too); this file holds what only object storage has: the server's
 own enforcement of ``If-None-Match`` / ``If-Match``, compare-and-swap races between many writers,
-and the messages of a bucket that cannot be reached.
+the seal that refuses a fenced writer's next append, and the messages of a bucket that cannot be
+reached. The ``s3`` fixture runs each test on both servers (moto answers as AWS documents); the
+races skip on moto, whose conditional writes are not atomic (tests/support/moto.py says why).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +21,24 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from checkpoints import Change, Checkpoint, CheckpointCorrupt, CheckpointUnavailable, Fenced, S3Options, apply
+from checkpoints import (
+    Change,
+    Checkpoint,
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointUnavailable,
+    Fenced,
+    S3Options,
+    apply,
+)
 from checkpoints.s3 import Manifest, S3CheckpointStore, journal_key
+from checkpoints.s3layout import is_seal
 from tests.support.cli import run_cli
+from tests.support.moto import NOT_ATOMIC, MotoS3
 from tests.support.seaweed import SeaweedServer, SeaweedUnavailable, objects
 from tests.support.servers import free_port
+
+S3Server = SeaweedServer | MotoS3
 
 PACKAGE, RUN = "etl-daily", "run-0001"
 HASH = hashlib.sha256(b"definition").hexdigest()
@@ -38,8 +55,21 @@ def status(exc: ClientError) -> int:
     return int(exc.response["ResponseMetadata"]["HTTPStatusCode"])
 
 
-def test_the_server_enforces_if_none_match_and_if_match(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+@pytest.fixture(params=["seaweed", "moto"])
+def s3(request: pytest.FixtureRequest) -> S3Server:
+    """The test's S3 server: the session's SeaweedFS, then the session's moto."""
+    server: S3Server = request.getfixturevalue("seaweed" if request.param == "seaweed" else "moto_s3")
+    return server
+
+
+def atomic(server: S3Server) -> None:
+    """Skip a race test where conditional writes are not atomic (moto), saying why."""
+    if isinstance(server, MotoS3):
+        pytest.skip(NOT_ATOMIC)
+
+
+def test_the_server_enforces_if_none_match_and_if_match(s3: S3Server) -> None:
+    store = s3.store()
     client, bucket, key = store.client, store.bucket, store.prefix + "probe"
     first = client.put_object(Bucket=bucket, Key=key, Body=b"one", IfNoneMatch="*")
     with pytest.raises(ClientError) as exists:
@@ -79,22 +109,25 @@ def _race(store: S3CheckpointStore, rounds: int) -> list[int]:
     return winners
 
 
-def test_exactly_one_of_16_concurrent_writers_wins_each_compare_and_swap(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+def test_exactly_one_of_16_concurrent_writers_wins_each_compare_and_swap(s3: S3Server) -> None:
+    atomic(s3)
+    store = s3.store()
     store.fence(PACKAGE, RUN, 1)  # the manifest exists: every round is an If-Match race
     assert _race(store, rounds=10) == [1] * 10
     assert store.epoch(PACKAGE, RUN) == 11
 
 
-def test_exactly_one_creator_wins_a_fresh_manifest(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+def test_exactly_one_creator_wins_a_fresh_manifest(s3: S3Server) -> None:
+    atomic(s3)
+    store = s3.store()
     assert _race(store, rounds=1) == [1]  # If-None-Match race on a run that has no manifest yet
     assert store.epoch(PACKAGE, RUN) == 1
 
 
-def test_concurrent_attempts_claim_distinct_epochs(seaweed: SeaweedServer) -> None:
-    root = seaweed.root()
-    stores = [seaweed.store(root) for _ in range(WRITERS)]
+def test_concurrent_attempts_claim_distinct_epochs(s3: S3Server) -> None:
+    atomic(s3)
+    root = s3.root()
+    stores = [s3.store(root) for _ in range(WRITERS)]
     claimed: list[int] = []
     barrier = threading.Barrier(WRITERS)
 
@@ -111,9 +144,9 @@ def test_concurrent_attempts_claim_distinct_epochs(seaweed: SeaweedServer) -> No
     assert sorted(claimed) == list(range(1, WRITERS + 1))
 
 
-def test_a_zombie_attempt_cannot_overwrite_the_new_attempts_checkpoint(seaweed: SeaweedServer) -> None:
-    root = seaweed.root()
-    zombie_store, new_store = seaweed.store(root), seaweed.store(root)
+def test_a_zombie_attempt_cannot_overwrite_the_new_attempts_checkpoint(s3: S3Server) -> None:
+    root = s3.root()
+    zombie_store, new_store = s3.store(root), s3.store(root)
     zombie = zombie_store.open(make(epoch=1))
     zombie.append([Change(items={"load": {"eu": 1}})])
     # The scheduler fences the run; the new attempt resumes from what the zombie saved.
@@ -139,9 +172,9 @@ def test_a_zombie_attempt_cannot_overwrite_the_new_attempts_checkpoint(seaweed: 
     assert new_store.load(PACKAGE, RUN).items["load"] == {"eu": 1, "us": 2, "apac": 3}  # type: ignore[union-attr]
 
 
-def test_loads_racing_compactions_always_see_a_whole_recent_state(seaweed: SeaweedServer) -> None:
-    root = seaweed.root()
-    writer_store, reader_store = seaweed.store(root), seaweed.store(root)
+def test_loads_racing_compactions_always_see_a_whole_recent_state(s3: S3Server) -> None:
+    root = s3.root()
+    writer_store, reader_store = s3.store(root), s3.store(root)
     state = make(epoch=1)
     writer = writer_store.open(state)
     done = threading.Event()
@@ -185,9 +218,9 @@ def _snapshot_keys(store: S3CheckpointStore) -> list[str]:
 
 @pytest.mark.parametrize("damage", ["flipped", "missing"])
 def test_a_damaged_newest_snapshot_falls_back_to_the_previous_generation(
-    seaweed: SeaweedServer, damage: str, caplog: pytest.LogCaptureFixture
+    s3: S3Server, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = seaweed.store()
+    store = s3.store()
     store.save(make(epoch=1, progress={"t": 1}))
     writer = store.open(make(epoch=1, progress={"t": 2}))
     writer.append([Change(items={"load": {"eu": 1}})])
@@ -208,22 +241,78 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous_generation(
         store.load(PACKAGE, RUN)
 
 
-def test_a_batch_the_manifest_does_not_count_is_ignored(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+def _journal_keys(store: S3CheckpointStore) -> list[str]:
+    """The run's journal objects (relative to the store's prefix), in batch order."""
+    run = store.run_prefix(PACKAGE, RUN)[len(store.prefix) :]
+    keys = [k for k in objects(store) if k.startswith(run + "journal-")]
+    return sorted(keys, key=lambda k: (int(k.split("-")[-3]), int(k.rsplit("-", 1)[1][: -len(".log")])))
+
+
+def _seals(store: S3CheckpointStore) -> list[str]:
+    return [k for k, body in objects(store).items() if is_seal(body)]
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn"])
+def test_a_missing_or_torn_batch_in_the_middle_stops_the_replay_as_a_gap(
+    s3: S3Server, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = s3.store()
+    writer = store.open(make(epoch=1))
+    for region in ("eu", "us", "apac"):
+        writer.append([Change(items={"load": {region: 1}})])
+    middle = store.prefix + _journal_keys(store)[1]
+    if damage == "missing":
+        store.client.delete_object(Bucket=store.bucket, Key=middle)
+    else:
+        store.client.put_object(Bucket=store.bucket, Key=middle, Body=b'{"crc32":"0000')
+    with caplog.at_level("WARNING", logger="checkpoints.s3"):
+        loaded = store.load(PACKAGE, RUN)
+    # Batch 3 follows a gap: its record is not applied, and the damage is reported.
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+    after = f"batch 2 is {damage}; 1 batch(es) after it are ignored"
+    assert "checkpoint journal damaged" in caplog.text and after in caplog.text
+
+
+def test_a_torn_last_batch_is_dropped_silently(s3: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    store = s3.store()
     writer = store.open(make(epoch=1))
     writer.append([Change(items={"load": {"eu": 1}})])
-    # What a writer killed between its two requests leaves: a batch nothing acknowledged.
+    run = store.run_prefix(PACKAGE, RUN)
+    generation = store._manifest(run).generations[-1]
+    # No server leaves half an object, but a batch that is not a record is treated like a torn tail.
+    store.client.put_object(Bucket=store.bucket, Key=journal_key(run, generation, 2), Body=b'{"crc3')
+    with caplog.at_level("WARNING", logger="checkpoints.s3"):
+        loaded = store.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}} and "damaged" not in caplog.text
+
+
+def test_an_append_is_one_conditional_put(s3: S3Server) -> None:
+    store = s3.store()
+    writer = store.open(make(epoch=1))
+    sent: list[tuple[str, str]] = []
+
+    def count(request: object, **_: object) -> None:
+        headers = getattr(request, "headers", {})
+        condition = headers.get("If-None-Match", b"")
+        sent.append(
+            (
+                getattr(request, "method", ""),
+                condition.decode() if isinstance(condition, bytes) else condition,
+            )
+        )
+
+    store.client.meta.events.register("before-send.s3", count)
+    try:
+        writer.append([Change(items={"load": {"eu": 1}}), Change(items={"load": {"us": 2}})])
+    finally:
+        store.client.meta.events.unregister("before-send.s3", count)
+    assert sent == [("PUT", "*")]
     manifest = store._manifest(store.run_prefix(PACKAGE, RUN))
-    generation = manifest.generations[-1]
-    orphan = journal_key(store.run_prefix(PACKAGE, RUN), generation, generation.batches + 1)
-    store.client.put_object(Bucket=store.bucket, Key=orphan, Body=b"not even a record\n")
-    loaded = store.load(PACKAGE, RUN)
-    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
-    assert store.purge(PACKAGE, RUN) and objects(store) == {}
+    assert manifest.etag == writer._manifest.etag, "an append leaves the manifest alone"
 
 
-def test_a_save_costs_the_size_of_the_change(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+def test_a_save_costs_the_size_of_the_change(s3: S3Server) -> None:
+    store = s3.store()
     big = {str(n): "x" * 100 for n in range(2000)}
     writer = store.open(make(items={"load": big}))
     assert writer.snapshot_bytes > 200_000
@@ -236,19 +325,134 @@ def test_a_save_costs_the_size_of_the_change(seaweed: SeaweedServer) -> None:
     assert sizes[run[len(store.prefix) :] + "manifest"] < 300
 
 
-def test_delete_keeps_the_fence_and_purge_removes_everything(seaweed: SeaweedServer) -> None:
-    store = seaweed.store()
+def test_delete_keeps_the_fence_and_purge_removes_everything(s3: S3Server) -> None:
+    store = s3.store()
     writer = store.open(make(epoch=3))
     writer.append([Change(progress={"t": 1})])
     store.delete(PACKAGE, RUN, epoch=3)
     run = store.run_prefix(PACKAGE, RUN)[len(store.prefix) :]
-    assert set(objects(store)) == {run + "manifest"}
+    # What stays: the manifest (the fence) and the seal of the journal its writer appended to.
+    assert set(objects(store)) == {run + "manifest", *_seals(store)} and len(_seals(store)) == 1
     assert store.epoch(PACKAGE, RUN) == 3 and store.load(PACKAGE, RUN) is None
     with pytest.raises(Fenced):
         store.save(make(epoch=2))
     assert store.purge(PACKAGE, RUN) is True
     assert objects(store) == {}
     assert store.purge(PACKAGE, RUN) is False
+
+
+def test_an_append_after_delete_is_refused_and_writes_nothing(s3: S3Server) -> None:
+    root = s3.root()
+    store, other = s3.store(root), s3.store(root)
+    writer = store.open(make(epoch=1))
+    writer.append([Change(progress={"t": 1})])
+    other.delete(PACKAGE, RUN, epoch=1)
+    before = objects(store)
+    with pytest.raises(CheckpointError, match="deleted"):
+        writer.append([Change(progress={"t": 2})])
+    assert objects(store) == before and store.load(PACKAGE, RUN) is None
+    other.delete(PACKAGE, RUN, epoch=1)  # repeated: the seal is found, not doubled
+    assert objects(store) == before
+
+
+def test_the_seal_is_idempotent_and_a_fence_repeated_after_a_failed_seal_seals(s3: S3Server) -> None:
+    root = s3.root()
+    store, scheduler = s3.store(root), s3.store(root)
+    zombie = store.open(make(epoch=1))
+    zombie.append([Change(items={"load": {"eu": 1}})])
+    # A fence that raised the epoch and died before sealing: the zombie still appends, and
+    # those records happened before the fence took effect, so they count.
+    run = scheduler.run_prefix(PACKAGE, RUN)
+    manifest = scheduler._manifest(run)
+    assert scheduler._swap(run, manifest, manifest.next(epoch=2)) is not None
+    zombie.append([Change(items={"load": {"us": 2}})])
+    assert scheduler.fence(PACKAGE, RUN, 2) == 2  # the repeated fence seals
+    assert scheduler.fence(PACKAGE, RUN, 2) == 2  # and again: nothing more
+    assert scheduler.next_epoch(PACKAGE, RUN) == 3
+    assert len(_seals(store)) == 1 and _journal_keys(store)[-1] in _seals(store)
+    with pytest.raises(Fenced, match="epoch 1 is older than the stored epoch 3"):
+        zombie.append([Change(items={"load": {"apac": 3}})])
+    loaded = scheduler.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1, "us": 2}}
+
+
+def test_a_batch_that_wins_the_seals_name_counts_and_the_seal_goes_after_it(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = s3.root()
+    store, scheduler = s3.store(root), s3.store(root)
+    zombie = store.open(make(epoch=1))
+    real = scheduler._batches
+    listed: list[int] = []
+
+    def stale_listing(run: str, generation: object) -> list[int]:
+        numbers: list[int] = real(run, generation)  # type: ignore[arg-type]
+        if not listed:  # the zombie's batch lands between the sealer's LIST and its create
+            listed.append(len(numbers))
+            zombie.append([Change(items={"load": {"eu": 1}})])
+        return numbers
+
+    monkeypatch.setattr(scheduler, "_batches", stale_listing)
+    assert scheduler.fence(PACKAGE, RUN, 2) == 2
+    assert listed == [0]
+    keys = _journal_keys(store)
+    assert len(keys) == 2 and _seals(store) == [keys[1]]
+    with pytest.raises(Fenced):
+        zombie.append([Change(items={"load": {"us": 2}})])
+    loaded = scheduler.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+
+
+def test_a_zombie_appending_through_a_fence_loses_no_acknowledged_record(s3: S3Server) -> None:
+    atomic(s3)  # the seal and the zombie's batch race for one name
+    root = s3.root()
+    zombie_store, scheduler = s3.store(root), s3.store(root)
+    zombie = zombie_store.open(make(epoch=1))
+    acknowledged: list[str] = []
+    refused: list[BaseException] = []
+    started = threading.Event()
+
+    def append_until_refused() -> None:
+        for n in range(10_000):
+            key = f"i{n:05d}"
+            try:
+                zombie.append([Change(items={"load": {key: n}})])
+            except BaseException as exc:
+                refused.append(exc)
+                return
+            acknowledged.append(key)
+            if n == 2:
+                started.set()
+
+    appender = threading.Thread(target=append_until_refused)
+    appender.start()
+    assert started.wait(timeout=30)
+    assert scheduler.fence(PACKAGE, RUN, 2) == 2
+    appender.join(timeout=60)
+    assert not appender.is_alive()
+    assert len(refused) == 1 and isinstance(refused[0], Fenced), refused
+    loaded = scheduler.load(PACKAGE, RUN)
+    assert loaded is not None
+    # Every append that returned is in the state, and nothing after the refusal is.
+    assert sorted(loaded.items["load"]) == acknowledged
+    with pytest.raises(Fenced):
+        zombie.append([Change(items={"load": {"late": 1}})])
+    assert scheduler.load(PACKAGE, RUN) == loaded
+
+
+def test_a_format_1_manifest_is_read_as_closed_generations(s3: S3Server) -> None:
+    store = s3.store()
+    writer = store.open(make(epoch=1))
+    writer.append([Change(items={"load": {"eu": 1}})])
+    writer.append([Change(items={"load": {"us": 2}})])
+    run = store.run_prefix(PACKAGE, RUN)
+    generation = store._manifest(run).generations[-1]
+    # What the two-request store wrote: every batch counted; here only the first one was.
+    old = {"format": 1, "epoch": 1, "version": 9, "generations": [[1, generation.token, 1]], "nonce": "n"}
+    store.client.put_object(Bucket=store.bucket, Key=run + "manifest", Body=json.dumps(old).encode())
+    loaded = store.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+    assert store.fence(PACKAGE, RUN, 2) == 2 and store._manifest(run).generations[-1].batches == 1
 
 
 def test_an_unreachable_endpoint_is_a_clear_error_without_credentials() -> None:
@@ -270,8 +474,8 @@ def test_an_unreachable_endpoint_is_a_clear_error_without_credentials() -> None:
     assert secret not in message and secret not in repr(store) and secret not in repr(options)
 
 
-def test_a_missing_bucket_is_a_clear_error(seaweed: SeaweedServer) -> None:
-    store = seaweed.store("s3://no-such-bucket-here/p")
+def test_a_missing_bucket_is_a_clear_error(s3: S3Server) -> None:
+    store = s3.store("s3://no-such-bucket-here/p")
     with pytest.raises(
         CheckpointUnavailable, match=r"s3://no-such-bucket-here/p/ at http://127\.0\.0\.1:\d+"
     ):

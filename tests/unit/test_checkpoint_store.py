@@ -80,13 +80,13 @@ def _memory_snapshot(store: InMemoryCheckpointStore) -> Callable[[], object]:
     return snapshot
 
 
-@pytest.fixture(params=["memory", "filesystem", "s3"])
+@pytest.fixture(params=["memory", "filesystem", "s3", "s3-moto"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "memory":
         memory = InMemoryCheckpointStore()
         return Backend(memory, _memory_snapshot(memory))
-    if request.param == "s3":
-        s3 = request.getfixturevalue("seaweed").store()
+    if request.param.startswith("s3"):
+        s3 = request.getfixturevalue("seaweed" if request.param == "s3" else "moto_s3").store()
         return Backend(s3, lambda: objects(s3))
     root = tmp_path / "checkpoints"
     return Backend(FilesystemCheckpointStore(root), _fs_snapshot(root))

@@ -41,12 +41,13 @@ def make(epoch: int = 1, **fields: object) -> Checkpoint:
     )
 
 
-@pytest.fixture(params=["memory", "filesystem", "s3"])
+@pytest.fixture(params=["memory", "filesystem", "s3", "s3-moto"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     if request.param == "memory":
         return InMemoryCheckpointStore()
-    if request.param == "s3":
-        s3: S3CheckpointStore = request.getfixturevalue("seaweed").store()
+    if request.param.startswith("s3"):
+        server = request.getfixturevalue("seaweed" if request.param == "s3" else "moto_s3")
+        s3: S3CheckpointStore = server.store()
         return s3
     return FilesystemCheckpointStore(tmp_path / "checkpoints")
 
