@@ -5,10 +5,10 @@ hooks into :class:`~orchestrator.state.records.Record`\\ s and appends them in
 batches with one fenced script call (:class:`~orchestrator.control.stream.EventStream`):
 
 * a finished task or item, and the checkpoint write that records it, are
-  appended together as soon as that write is durable, by the process's flusher
-  thread: the unit that finished goes on at once, and what finishes while an
-  append is in flight goes in the next one (at most one Redis call per task,
-  fewer when tasks or items finish faster than Redis answers);
+  appended together within :data:`SOON_DELAY` of that write, by the process's
+  flusher thread: the unit that finished goes on at once, and what finishes
+  meanwhile (or while an append is in flight) goes in the same append (at most
+  one Redis call per task, far fewer for a long foreach of short items);
 * a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
   append, so a long task shows as running at once and a short one costs no
   call of its own;
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_DELAY = 0.05
 """Seconds a record may wait for company before it is appended on its own."""
+SOON_DELAY = 0.005
+"""Seconds the records of a finished unit wait for company: a long foreach's items, finishing
+every fraction of a millisecond, share one append instead of waking the flusher for each."""
 
 
 _TASK_EVENTS = {
@@ -177,7 +180,7 @@ class AttemptReporter(ExecutionHooks):
             if self._fenced is not None:
                 raise self._fenced
         else:
-            _flusher().schedule(self, 0.0 if soon else FLUSH_DELAY)
+            _flusher().schedule(self, SOON_DELAY if soon else FLUSH_DELAY)
 
     def _record(
         self, type_: str, kind: str | None, detail: dict[str, Any], tasks: tuple[TaskChange, ...]
@@ -276,6 +279,9 @@ _current_lock = threading.Lock()
 
 def _flusher() -> _Flusher:
     """The process's flusher thread (a new one after a fork: threads do not survive it)."""
+    current = _current[0] if _current else None
+    if current is not None and current.pid == os.getpid():  # the common case, without the lock
+        return current
     with _current_lock:
         if not _current or _current[0].pid != os.getpid():
             _current[:] = [_Flusher()]
