@@ -74,6 +74,7 @@ def attempt_reporter(repo: Repository, run_id: str, epoch: int, node: str) -> At
 def _done(reporter: AttemptReporter, task: str, item: Any, seconds: float, size: int) -> None:
     reporter.task_finished(task, item, TaskState.SUCCEEDED, seconds, None)
     reporter.checkpoint_saved(size, 0.001, "item" if item is not None else "task")
+    reporter.flush()  # now, not a few ms later from the flusher: the history is made in order
 
 
 def seed_recovery(repo: Repository, run_id: str, *, error: str | None = None, finish: bool = True) -> None:
