@@ -42,8 +42,9 @@ from checkpoints.errors import (
 from checkpoints.format import Checkpoint, encode, verify
 from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
-from checkpoints.journal import Change, encode_record
+from checkpoints.journal import Change
 from checkpoints.memory import DEFAULT_MAX_BYTES
+from checkpoints.writer import JournalWriter
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class FilesystemCheckpointStore:
         _fsync_dir(directory)
 
 
-class FilesystemCheckpointWriter:
+class FilesystemCheckpointWriter(JournalWriter):
     """:class:`~checkpoints.store.CheckpointWriter` appending to a journal file."""
 
     def __init__(
@@ -247,42 +248,22 @@ class FilesystemCheckpointWriter:
         generation: int,
         snapshot_bytes: int,
     ) -> None:
-        self._store, self._directory, self._run_id = store, directory, run_id
+        super().__init__(store, run_id, epoch, snapshot_bytes)
+        self._store, self._directory, self._generation = store, directory, generation
         self._dir = str(directory)  # plain strings: appends are the hot path, pathlib is slow there
-        self._epoch, self._generation, self._snapshot_bytes = epoch, generation, snapshot_bytes
-        self._journal_bytes = 0
-        self._seq = 0
         self._failed: str | None = None
 
     def __repr__(self) -> str:
         return f"FilesystemCheckpointWriter({str(self._directory)!r}, epoch={self._epoch})"
 
     @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
     def generation(self) -> int:
         return self._generation
-
-    @property
-    def snapshot_bytes(self) -> int:
-        return self._snapshot_bytes
-
-    @property
-    def journal_bytes(self) -> int:
-        return self._journal_bytes
 
     def append(self, changes: Sequence[Change]) -> int:
         if not changes:
             return 0
-        first = self._seq + 1
-        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
-        if len(data) > self._store.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
-                f"over the limit of {self._store.max_bytes}"
-            )
+        data = self._records(changes)
         with self._store._locked(self._dir, exclusive=True):
             self._check_current()
             with self._journal() as fd:
@@ -294,19 +275,17 @@ class FilesystemCheckpointWriter:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, self._journal_bytes)  # no partial record stays behind
                     raise
-        self._seq += len(changes)
-        self._journal_bytes += len(data)
+        self._appended(len(changes), len(data))
         return len(data)
 
     def compact(self, checkpoint: Checkpoint) -> int:
-        if checkpoint.epoch != self._epoch:
-            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
+        self._check_compaction(checkpoint)
         data = self._store.encoded(checkpoint)
         with self._store._locked(self._directory, exclusive=True):
             self._check_current()
             generation = self._store._new_generation(self._directory, data)
-        self._generation, self._snapshot_bytes = generation, len(data)
-        self._journal_bytes = self._seq = 0
+        self._generation = generation
+        self._compacted(len(data))
         return len(data)
 
     def close(self) -> None:

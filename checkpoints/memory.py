@@ -16,7 +16,8 @@ from checkpoints.errors import CheckpointError, CheckpointMismatch, CheckpointTo
 from checkpoints.format import Checkpoint, encode, verify
 from checkpoints.generations import Generation, read_generations
 from checkpoints.ids import validate_package_name, validate_run_id
-from checkpoints.journal import Change, encode_record
+from checkpoints.journal import Change
+from checkpoints.writer import JournalWriter
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -154,53 +155,32 @@ class InMemoryCheckpointStore:
             raise Fenced(key[1], epoch, run.epoch)
 
 
-class InMemoryCheckpointWriter:
+class InMemoryCheckpointWriter(JournalWriter):
     """:class:`~checkpoints.store.CheckpointWriter` of :class:`InMemoryCheckpointStore`."""
 
     def __init__(
         self, store: InMemoryCheckpointStore, key: tuple[str, str], epoch: int, generation: int, size: int
     ) -> None:
-        self._store, self._key = store, key
-        self._epoch, self._generation, self._snapshot_bytes = epoch, generation, size
-        self._journal_bytes = self._seq = 0
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
+        super().__init__(store, key[1], epoch, size)
+        self._store, self._key, self._generation = store, key, generation
 
     @property
     def generation(self) -> int:
         return self._generation
 
-    @property
-    def snapshot_bytes(self) -> int:
-        return self._snapshot_bytes
-
-    @property
-    def journal_bytes(self) -> int:
-        return self._journal_bytes
-
     def append(self, changes: Sequence[Change]) -> int:
         if not changes:
             return 0
-        first = self._seq + 1
-        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
-        if len(data) > self._store.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint record of run {self._key[1]!r} is {len(data)} bytes, "
-                f"over the limit of {self._store.max_bytes}"
-            )
+        data = self._records(changes)
         self._store._append(self._key, self._epoch, self._generation, data)
-        self._seq += len(changes)
-        self._journal_bytes += len(data)
+        self._appended(len(changes), len(data))
         return len(data)
 
     def compact(self, checkpoint: Checkpoint) -> int:
-        if checkpoint.epoch != self._epoch:
-            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
+        self._check_compaction(checkpoint)
         data = self._store.encoded(checkpoint)
         self._generation = self._store._compact(self._key, self._epoch, self._generation, data)
-        self._snapshot_bytes, self._journal_bytes, self._seq = len(data), 0, 0
+        self._compacted(len(data))
         return len(data)
 
     def close(self) -> None:

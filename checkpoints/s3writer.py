@@ -13,10 +13,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from checkpoints.errors import CheckpointError, CheckpointTooLarge, Fenced
+from checkpoints.errors import CheckpointError, Fenced
 from checkpoints.format import Checkpoint
-from checkpoints.journal import Change, encode_record
+from checkpoints.journal import Change
 from checkpoints.s3layout import Manifest, ManifestGeneration, journal_key
+from checkpoints.writer import JournalWriter
 
 
 class RunStore(Protocol):
@@ -42,7 +43,7 @@ class RunStore(Protocol):
     ) -> tuple[ManifestGeneration, Manifest | None]: ...
 
 
-class S3CheckpointWriter:
+class S3CheckpointWriter(JournalWriter):
     """:class:`~checkpoints.store.CheckpointWriter` appending journal batches, one object each."""
 
     def __init__(
@@ -55,10 +56,8 @@ class S3CheckpointWriter:
         manifest: Manifest,
         snapshot_bytes: int,
     ) -> None:
-        self._store, self._run, self._run_id, self._epoch = store, run, run_id, epoch
-        self._generation, self._manifest, self._snapshot_bytes = generation, manifest, snapshot_bytes
-        self._journal_bytes = 0
-        self._seq = 0
+        super().__init__(store, run_id, epoch, snapshot_bytes)
+        self._store, self._run, self._generation, self._manifest = store, run, generation, manifest
         self._batches = 0
         self._failed: str | None = None
 
@@ -66,32 +65,14 @@ class S3CheckpointWriter:
         return f"S3CheckpointWriter('s3://{self._store.bucket}/{self._run}', epoch={self._epoch})"
 
     @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
     def generation(self) -> int:
         return self._generation.number
-
-    @property
-    def snapshot_bytes(self) -> int:
-        return self._snapshot_bytes
-
-    @property
-    def journal_bytes(self) -> int:
-        return self._journal_bytes
 
     def append(self, changes: Sequence[Change]) -> int:
         if not changes:
             return 0
         self._check_usable()
-        first = self._seq + 1
-        data = b"".join(encode_record(c, seq=first + i, epoch=self._epoch) for i, c in enumerate(changes))
-        if len(data) > self._store.max_bytes:
-            raise CheckpointTooLarge(
-                f"checkpoint record of run {self._run_id!r} is {len(data)} bytes, "
-                f"over the limit of {self._store.max_bytes}"
-            )
+        data = self._records(changes)
         key = journal_key(self._run, self._generation, self._batches + 1)
         with self._failing("an earlier append failed"):
             # The one request of an append: taken already means sealed (or, were the batch
@@ -99,13 +80,11 @@ class S3CheckpointWriter:
             if not self._store._try_create(key, data):
                 raise self._refusal()
         self._batches += 1
-        self._seq += len(changes)
-        self._journal_bytes += len(data)
+        self._appended(len(changes), len(data))
         return len(data)
 
     def compact(self, checkpoint: Checkpoint) -> int:
-        if checkpoint.epoch != self._epoch:
-            raise ValueError(f"compaction at epoch {checkpoint.epoch} by the writer of epoch {self._epoch}")
+        self._check_compaction(checkpoint)
         self._check_usable()
         data = self._store.encoded(checkpoint)
         with self._failing("an earlier compaction failed"):
@@ -115,8 +94,8 @@ class S3CheckpointWriter:
             )
             if written is None:
                 raise self._refusal()
-        self._generation, self._manifest, self._snapshot_bytes = new, written, len(data)
-        self._journal_bytes = self._seq = self._batches = 0
+        self._generation, self._manifest, self._batches = new, written, 0
+        self._compacted(len(data))
         return len(data)
 
     def close(self) -> None:
