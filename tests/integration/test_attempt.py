@@ -420,7 +420,9 @@ def test_events_that_cannot_reach_redis_during_a_task_are_not_a_task_failure(har
     n1.services.events.append = flaky  # type: ignore[method-assign]
     result = n1.run(harness.last(run_id))
     assert result is not None and result.state is RunState.SUCCEEDED
-    assert len(calls) >= 3, "the failed appends were retried with the next one"
+    # Fast tasks' records share appends (they wait a few ms for company): at least the two
+    # failed ones, and the second carried the first's records again.
+    assert len(calls) >= 2 and calls[1] >= calls[0], "the failed appends were retried with the next one"
     assert kinds(harness, run_id) == [
         "submitted",
         "dispatched",
