@@ -51,7 +51,40 @@ def weed_binary() -> Path:
     return found
 
 
-class EmbeddedSeaweed:
+class LocalS3:
+    """An S3 server on 127.0.0.1 with one bucket and its own keys: how a store reaches it.
+
+    Subclasses set ``access_key``, ``secret_key`` and ``bucket`` and say where it listens
+    (``endpoint``).
+    """
+
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def options(self, **changes: object) -> S3Options:
+        values: dict[str, object] = {
+            "endpoint_url": self.endpoint,
+            "region": "us-east-1",
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+        }
+        values.update(changes)
+        return S3Options(**values)  # type: ignore[arg-type]
+
+    def root(self) -> str:
+        """A fresh ``s3://bucket/prefix`` nobody else uses."""
+        return f"s3://{self.bucket}/t-{secrets.token_hex(6)}"
+
+    def store(self, root: str | None = None, **options: object) -> S3CheckpointStore:
+        return S3CheckpointStore(root or self.root(), options=self.options(**options))
+
+
+class EmbeddedSeaweed(LocalS3):
     """One ``weed server -s3`` process: master, volume, filer and S3 gateway on 127.0.0.1."""
 
     def __init__(self, directory: Path) -> None:
@@ -80,16 +113,6 @@ class EmbeddedSeaweed:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
-    def options(self, **changes: object) -> S3Options:
-        values: dict[str, object] = {
-            "endpoint_url": self.endpoint,
-            "region": "us-east-1",
-            "access_key_id": self.access_key,
-            "secret_access_key": self.secret_key,
-        }
-        values.update(changes)
-        return S3Options(**values)  # type: ignore[arg-type]
-
     def env(self) -> dict[str, str]:
         """The standard AWS variables a worker process reads to reach this server."""
         return {
@@ -109,13 +132,6 @@ class EmbeddedSeaweed:
             "ORCHESTRATOR_S3_ACCESS_KEY_ID": self.access_key,
             "ORCHESTRATOR_S3_SECRET_ACCESS_KEY": self.secret_key,
         }
-
-    def root(self) -> str:
-        """A fresh ``s3://bucket/prefix`` nobody else uses."""
-        return f"s3://{self.bucket}/t-{secrets.token_hex(6)}"
-
-    def store(self, root: str | None = None, **options: object) -> S3CheckpointStore:
-        return S3CheckpointStore(root or self.root(), options=self.options(**options))
 
     def start(self) -> None:
         log = (self.directory / "weed.log").open("ab")

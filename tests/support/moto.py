@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from checkpoints.s3 import S3CheckpointStore
-from checkpoints.s3config import S3Options
+from orchestrator.cli.seaweed import LocalS3
 from tests.support.servers import free_port
 
 __all__ = ["MotoS3", "moto_s3"]
@@ -27,7 +26,7 @@ NOT_ATOMIC = (
 )
 
 
-class MotoS3:
+class MotoS3(LocalS3):
     """moto's ``ThreadedMotoServer`` on 127.0.0.1 with one bucket."""
 
     kind = "moto"
@@ -69,23 +68,6 @@ class MotoS3:
 
     def stop(self) -> None:
         self.server.stop()
-
-    def options(self, **changes: object) -> S3Options:
-        values: dict[str, object] = {
-            "endpoint_url": self.endpoint,
-            "region": "us-east-1",
-            "access_key_id": self.access_key,
-            "secret_access_key": self.secret_key,
-        }
-        values.update(changes)
-        return S3Options(**values)  # type: ignore[arg-type]
-
-    def root(self) -> str:
-        """A fresh ``s3://bucket/prefix`` nobody else uses."""
-        return f"s3://{self.bucket}/t-{secrets.token_hex(6)}"
-
-    def store(self, root: str | None = None, **options: object) -> S3CheckpointStore:
-        return S3CheckpointStore(root or self.root(), options=self.options(**options))
 
 
 @pytest.fixture(scope="session")
