@@ -68,31 +68,11 @@ def foreach_package(name: str, items: int) -> Any:
 
 def foreach_run(root: Path, items: int, index: int) -> float:
     """The package as ``orchestrator run`` runs it: the executor and a filesystem store, no broker."""
-    from checkpoints import FilesystemCheckpointStore
-    from workers.executor import ExecutionOptions, RunRequest, execute
-
-    pkg = foreach_package("foreach_local", items)
-    started = time.perf_counter()
-    result = execute(
-        RunRequest(pkg, f"foreach_local-{index:06d}"), ExecutionOptions(store=FilesystemCheckpointStore(root))
-    )
-    seconds = time.perf_counter() - started
-    if not result.succeeded:
-        raise RuntimeError(f"in-process foreach failed: {result.error}")
-    return seconds
+    return executed(root, foreach_package("foreach_local", items), f"foreach_local-{index:06d}")
 
 
 def foreach_cluster(services: Any, items: int, index: int) -> float:
-    from orchestrator.control.client import Client
-
-    client = Client(services)
-    started = time.time()
-    run_id = client.submit(foreach_package(f"foreach_cluster_{index}", items))
-    status = client.wait(run_id, timeout=120 + items / 100)
-    if status["state"] != "succeeded":
-        raise RuntimeError(f"run {run_id} {status['state']}: {status['error']}")
-    finished = services.repository.run_row(run_id).finished_at
-    return float(finished.timestamp() - started)
+    return submitted(services, foreach_package(f"foreach_cluster_{index}", items), 120 + items / 100)
 
 
 def plain(count: int) -> float:
@@ -104,27 +84,35 @@ def plain(count: int) -> float:
 
 
 def in_process(root: Path, count: int, index: int) -> float:
-    from checkpoints import FilesystemCheckpointStore
-    from workers.executor import ExecutionOptions, RunRequest, execute
-
-    pkg = package("overhead_local", count)
-    store = FilesystemCheckpointStore(root)
-    started = time.perf_counter()
-    result = execute(RunRequest(pkg, f"overhead_local-{index:06d}"), ExecutionOptions(store=store))
-    seconds = time.perf_counter() - started
-    if not result.succeeded:
-        raise RuntimeError(f"in-process run failed: {result.error}")
-    return seconds
+    return executed(root, package("overhead_local", count), f"overhead_local-{index:06d}")
 
 
 def cluster(services: Any, count: int, index: int) -> float:
+    return submitted(services, package(f"overhead_cluster_{index}", count), 120 + count)
+
+
+def executed(root: Path, pkg: Any, run_id: str) -> float:
+    """Seconds :func:`workers.executor.execute` takes to run ``pkg`` with a filesystem store."""
+    from checkpoints import FilesystemCheckpointStore
+    from workers.executor import ExecutionOptions, RunRequest, execute
+
+    store = FilesystemCheckpointStore(root)
+    started = time.perf_counter()
+    result = execute(RunRequest(pkg, run_id), ExecutionOptions(store=store))
+    seconds = time.perf_counter() - started
+    if not result.succeeded:
+        raise RuntimeError(f"in-process run {run_id} failed: {result.error}")
+    return seconds
+
+
+def submitted(services: Any, pkg: Any, timeout: float) -> float:
+    """Seconds from submitting ``pkg`` to the cluster to its run's ``finished_at``."""
     from orchestrator.control.client import Client
 
     client = Client(services)
-    pkg = package(f"overhead_cluster_{index}", count)
     started = time.time()
     run_id = client.submit(pkg)
-    status = client.wait(run_id, timeout=120 + count)
+    status = client.wait(run_id, timeout=timeout)
     if status["state"] != "succeeded":
         raise RuntimeError(f"run {run_id} {status['state']}: {status['error']}")
     finished = services.repository.run_row(run_id).finished_at

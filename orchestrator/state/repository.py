@@ -16,6 +16,7 @@ import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, update
@@ -98,6 +99,17 @@ class Repository:
         **detail: Any,
     ) -> None:
         session.add(Event(run_id=run_id, kind=kind, node=node, attempt=attempt, detail=detail))
+
+    @staticmethod
+    def _insert_event(
+        session: Session, run_id: str, kind: str, at: datetime, *, node: str, attempt: int, **detail: Any
+    ) -> None:
+        """:meth:`_event` as one plain INSERT, for the paths every attempt takes (claim, outcome)."""
+        session.execute(
+            insert(cast(Table, Event.__table__)).values(
+                run_id=run_id, at=at, kind=kind, node=node, attempt=attempt, detail=detail
+            )
+        )
 
     # -- submission ----------------------------------------------------------------------
 
@@ -362,16 +374,7 @@ class Repository:
                     .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
                     .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
                 )
-                session.execute(
-                    insert(cast(Table, Event.__table__)).values(
-                        run_id=run_id,
-                        at=now,
-                        kind="claimed",
-                        node=node,
-                        attempt=attempt,
-                        detail={"epoch": epoch},
-                    )
-                )
+                self._insert_event(session, run_id, "claimed", now, node=node, attempt=attempt, epoch=epoch)
         if claimed is None:  # nothing was changed; say why, as fenced() does
             with self.fenced(run_id, epoch):  # raises: no such run, a newer epoch, or it ended
                 pass
@@ -446,15 +449,8 @@ class Repository:
                     .values(state=bindparam("new_state")),
                     changed,
                 )
-            session.execute(
-                insert(cast(Table, Event.__table__)).values(
-                    run_id=run_id,
-                    at=now,
-                    kind="finished",
-                    node=node,
-                    attempt=attempt,
-                    detail={"state": state.value, "error": error},
-                )
+            self._insert_event(
+                session, run_id, "finished", now, node=node, attempt=attempt, state=state.value, error=error
             )
 
     # -- nodes -----------------------------------------------------------------------------

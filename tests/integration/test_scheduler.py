@@ -581,14 +581,20 @@ def test_an_expired_lease_is_fenced_and_the_run_resubmitted(harness: Harness) ->
     assert harness.repo.run_row(run_id).state is RunState.SUCCEEDED
 
 
-def test_concurrent_schedulers_resubmit_each_lost_run_once(harness: Harness) -> None:
-    runs = [harness.submit(TWO, run_id=f"race-{i}") for i in range(4)]
+def lost_runs(harness: Harness, run_ids: list[str]) -> list[str]:
+    """Submit ``run_ids``, let node n1 claim each and die; return once every lease has expired."""
+    runs = [harness.submit(TWO, run_id=run_id) for run_id in run_ids]
     node = harness.node("n1")
     for run_id in runs:
         node.claim_and_die(harness.last(run_id))
     wait_until(
         lambda: set(runs) <= set(harness.liveness.expired_leases()), timeout=WAIT, what="leases to expire"
     )
+    return runs
+
+
+def test_concurrent_schedulers_resubmit_each_lost_run_once(harness: Harness) -> None:
+    runs = lost_runs(harness, [f"race-{i}" for i in range(4)])
 
     schedulers = [Scheduler(harness.services()) for _ in range(3)]
     barrier = threading.Barrier(len(schedulers))
@@ -621,13 +627,7 @@ def test_concurrent_schedulers_resubmit_each_lost_run_once(harness: Harness) -> 
 def test_a_node_lost_with_many_runs_has_them_all_resubmitted_in_one_tick(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = [harness.submit(TWO, run_id=f"many-{i:02d}") for i in range(20)]
-    node = harness.node("n1")
-    for run_id in runs:
-        node.claim_and_die(harness.last(run_id))
-    wait_until(
-        lambda: set(runs) <= set(harness.liveness.expired_leases()), timeout=WAIT, what="leases to expire"
-    )
+    runs = lost_runs(harness, [f"many-{i:02d}" for i in range(20)])
     record_lost = harness.scheduler.services.repository.record_lost
     broken = "many-07"
 
