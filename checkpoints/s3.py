@@ -93,6 +93,8 @@ _BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
 """Answers that mean "busy, try again later" whatever their status."""
 _RETRIES = 100
 """Rounds of one compare-and-swap before giving up (each lost round means another writer won)."""
+_SEAL_WINDOW = 64
+"""The most journal names a seal tries at once (sixteen requests in flight, see _parallel)."""
 
 
 def _error_code(exc: ClientError) -> str:
@@ -384,7 +386,7 @@ class S3CheckpointStore:
         """``call`` on each key, several requests in flight at once."""
         if len(keys) < 2:
             return [call(k) for k in keys]
-        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
             return list(pool.map(call, keys))
 
     def _batches(self, run: str, generation: ManifestGeneration) -> list[int]:
@@ -409,10 +411,14 @@ class S3CheckpointStore:
         """Create a seal at the next free batch name of the generation's journal; return its key.
 
         Its writer creates batch n only after n - 1, so the next free name is one past the
-        highest listed. A batch that takes that name first (the writer racing the seal)
-        counts, and the seal goes after it: a writer appending back to back is caught by
-        trying a growing window of names at once (the writer takes a prefix of them, the
-        first seal after it stops it, the seals behind that one are removed again). A seal
+        highest listed, and every name a seal takes must follow a taken one: a seal past a
+        gap would let the writer fill the gap after the fence returned. A writer appending
+        back to back is caught by trying a growing window of names at once, one conditional
+        PUT each and nothing else while every name is taken (the sealer covers names many
+        times faster than one writer's sequential PUTs). The writer takes a prefix of the
+        window; the names taken before this seal's first are its batches, or seals of
+        another operation sealing the same journal, found by reading back from the seal
+        until a batch. The first seal stays; this operation's others are removed. A seal
         found at the end of the journal is this one, repeated.
         """
         numbers = self._batches(run, generation)
@@ -420,20 +426,44 @@ class S3CheckpointStore:
             last = self._get(journal_key(run, generation, numbers[-1]))
             if last is not None and is_seal(last):
                 return journal_key(run, generation, numbers[-1])
-        number, width, body = (numbers[-1] if numbers else 0) + 1, 1, seal(generation.epoch)
+        start = (numbers[-1] if numbers else 0) + 1
+        number, width, body = start, 1, seal(generation.epoch)
         for _ in range(_RETRIES):
-            keys = [journal_key(run, generation, n) for n in range(number, number + width)]
-            won: list[bool] = self._parallel(lambda key: self._try_create(key, body), keys)
-            first = won.index(True) if True in won else len(keys)
-            # Each name before this seal's first is a batch (it counts) or another operation's seal.
-            before = self._parallel(self._get, keys[:first])
-            at = next((i for i, data in enumerate(before) if data is not None and is_seal(data)), first)
-            self._remove([key for key, mine in zip(keys, won, strict=True) if mine and key != keys[at]])
-            if at < len(keys):
-                return keys[at]
-            number, width = number + width, min(2 * width, 16)
+            names = range(number, number + width)
+            keys = [journal_key(run, generation, n) for n in names]
+            won: list[bool] = self._parallel(lambda key: self._create_unless_taken(key, body), keys)
+            mine = [n for n, created in zip(names, won, strict=True) if created]
+            if mine:
+                first = mine[0]
+                while first > start and self._holds_seal(journal_key(run, generation, first - 1)):
+                    first -= 1
+                self._remove([journal_key(run, generation, n) for n in mine if n != first])
+                return journal_key(run, generation, first)
+            number, width = number + width, min(2 * width, _SEAL_WINDOW)
         where = f"s3://{self.bucket}/{journal_prefix(run, generation)}*"
         raise CheckpointError(f"{where}: cannot seal the journal (a new batch won every try)")
+
+    def _holds_seal(self, key: str) -> bool:
+        data = self._get(key)
+        return data is not None and is_seal(data)
+
+    def _create_unless_taken(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent; False when it exists, whatever it holds, without reading it.
+
+        A retried request whose first try created the object also answers 412; for a seal
+        that is harmless: the object is a seal all the same, found by the backward read.
+        """
+        for _ in range(_RETRIES):
+            try:
+                self._call(
+                    "write", self.client.put_object, Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*"
+                )
+                return True
+            except _Conflict:
+                _backoff()
+            except _Lost:
+                return False
+        raise CheckpointError(f"s3://{self.bucket}/{key}: the server kept answering 409 Conflict")
 
     def _remove_generations(self, run: str, generations: Sequence[ManifestGeneration]) -> None:
         """Remove the generations' snapshots and batches; an open generation's seal (its

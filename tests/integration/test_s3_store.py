@@ -32,7 +32,7 @@ from checkpoints import (
     apply,
 )
 from checkpoints.s3 import Manifest, S3CheckpointStore, journal_key
-from checkpoints.s3layout import is_seal
+from checkpoints.s3layout import ManifestGeneration, is_seal, seal
 from tests.support.cli import run_cli
 from tests.support.moto import NOT_ATOMIC, MotoS3
 from tests.support.seaweed import SeaweedServer, SeaweedUnavailable, objects
@@ -397,6 +397,34 @@ def test_a_batch_that_wins_the_seals_name_counts_and_the_seal_goes_after_it(
     assert listed == [0]
     keys = _journal_keys(store)
     assert len(keys) == 2 and _seals(store) == [keys[1]]
+    with pytest.raises(Fenced):
+        zombie.append([Change(items={"load": {"us": 2}})])
+    loaded = scheduler.load(PACKAGE, RUN)
+    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+
+
+def test_a_seal_that_finds_another_operations_seal_before_its_own_keeps_only_the_first(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = s3.root()
+    store, scheduler = s3.store(root), s3.store(root)
+    zombie = store.open(make(epoch=1))
+    real = scheduler._batches
+    run = scheduler.run_prefix(PACKAGE, RUN)
+
+    def stale_listing(run_: str, generation: ManifestGeneration) -> list[int]:
+        numbers: list[int] = real(run_, generation)
+        if not numbers:  # between the LIST and the creates: a batch, then another fence's seal
+            zombie.append([Change(items={"load": {"eu": 1}})])
+            other = journal_key(run, generation, 2)
+            scheduler.client.put_object(Bucket=scheduler.bucket, Key=other, Body=seal(generation.epoch))
+        return numbers
+
+    monkeypatch.setattr(scheduler, "_batches", stale_listing)
+    assert scheduler.fence(PACKAGE, RUN, 2) == 2
+    keys = _journal_keys(store)
+    # Name 1 is the batch, 2 the other seal; this fence won name 3, read back to 2 and removed 3.
+    assert len(keys) == 2 and _seals(store) == [keys[1]] and keys[1].endswith("-2.log")
     with pytest.raises(Fenced):
         zombie.append([Change(items={"load": {"us": 2}})])
     loaded = scheduler.load(PACKAGE, RUN)
