@@ -44,6 +44,7 @@ from workers.executor import ExecutionHooks, RunResult
 
 TTL = 0.5
 WAIT = 10.0  # deadline of every wait; the conditions hold within a few TTLs
+SLOW_CLAIM = 5 * TTL  # a claim deadline no tick overruns, even on a loaded machine
 
 # -- the in-process harness ------------------------------------------------------------------
 
@@ -596,7 +597,9 @@ def lost_runs(harness: Harness, run_ids: list[str]) -> list[str]:
 def test_concurrent_schedulers_resubmit_each_lost_run_once(harness: Harness) -> None:
     runs = lost_runs(harness, [f"race-{i}" for i in range(4)])
 
-    schedulers = [Scheduler(harness.services()) for _ in range(3)]
+    # Claim deadlines of a few TTLs: a tick slowed down by a loaded machine must not find the
+    # recovered attempts unclaimed already (that is another test's redispatch).
+    schedulers = [Scheduler(harness.services(claim_timeout=SLOW_CLAIM)) for _ in range(3)]
     barrier = threading.Barrier(len(schedulers))
     errors: list[BaseException] = []
 
@@ -628,6 +631,8 @@ def test_a_node_lost_with_many_runs_has_them_all_resubmitted_in_one_tick(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runs = lost_runs(harness, [f"many-{i:02d}" for i in range(20)])
+    harness.overrides["claim_timeout"] = SLOW_CLAIM  # as in the test above
+    harness.start_scheduler()
     record_lost = harness.scheduler.services.repository.record_lost
     broken = "many-07"
 
