@@ -324,10 +324,11 @@ class Orchestrator:
             self.nodes.append(node)
 
     def wait_alive(self, *nodes: str) -> None:
+        """Until the nodes read the queues (alive comes first, while Celery forks the pool)."""
         C.wait_until(
-            lambda: set(nodes) <= set(self.services.liveness.alive_nodes()),
+            lambda: set(nodes) <= self.services.liveness.ready_nodes(),
             timeout=120,
-            what=f"{nodes} alive",
+            what=f"{nodes} ready",
         )
 
     def hold(self, index: int) -> tuple[str, Path]:

@@ -155,9 +155,11 @@ class NodeHeartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{node}", daemon=True)
         self.liveness, self.node, self.info, self.interval = liveness, node, info, interval
         self._done = threading.Event()
+        self._beating = threading.Lock()  # the node's one connection, from this thread and Celery's
 
     def beat(self) -> None:
-        self.liveness.heartbeat(self.node, self.info)
+        with self._beating:
+            self.liveness.heartbeat(self.node, self.info)
 
     def run(self) -> None:
         while not self._done.wait(self.interval):

@@ -9,6 +9,8 @@ import logging
 import os
 import socket
 
+from celery.signals import worker_ready
+
 from orchestrator.observability.metrics import enable_multiprocess, serve
 from orchestrator.runtime.broker import WORKER_QUEUES
 from orchestrator.runtime.services import Services
@@ -34,16 +36,26 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
     files = AttemptFiles.create(node)
     register_worker_tasks(services.app, services, node, files)
     services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
+    services.repository.warm()  # compiled once here, inherited by every pool process
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "concurrency": concurrency,
         "metrics_port": metrics_port,
+        "ready": False,  # alive, but its pool is not forked and nothing is read from the queues yet
     }
     own = services.node_redis(node)  # kept for the node's whole life: its closing is the crash signal
     heartbeat = NodeHeartbeat(services.liveness_on(own), node, info, settings.heartbeat_interval)
     heartbeat.beat()
     heartbeat.start()
+
+    def announce_ready(**_: object) -> None:
+        """Celery started the pool and consumes: say so at once, not with the next beat."""
+        info["ready"] = True
+        heartbeat.beat()
+        log.info("worker node %s ready: %d pool process(es) reading the queues", node, concurrency)
+
+    worker_ready.connect(announce_ready, weak=False)
     watch = PoolWatch(files, services.liveness, node)
     watch.start()
     log.info("worker node %s up (concurrency %d)", node, concurrency)
@@ -68,6 +80,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
             ]
         )
     finally:
+        worker_ready.disconnect(announce_ready)
         watch.stop()
         heartbeat.stop()
         own.close()

@@ -342,7 +342,7 @@ def resume(run_id: RunIdArgument) -> None:
 
 @app.command()
 def nodes(json_output: JsonOption = False) -> None:
-    """Live worker nodes, their runs and last heartbeat."""
+    """Live worker nodes, their runs, last heartbeat and whether they read the queues yet."""
     with exit_codes():
         services = _services()
         rows = node_rows(services.repository, services.liveness, services.settings.lease_ttl)
@@ -350,7 +350,7 @@ def nodes(json_output: JsonOption = False) -> None:
         _print_json(rows)
         return
     table = Table(show_edge=False)
-    for column in ("node", "state", "concurrency", "last heartbeat", "runs"):
+    for column in ("node", "state", "concurrency", "last heartbeat", "runs", "ready"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -359,6 +359,7 @@ def nodes(json_output: JsonOption = False) -> None:
             str(row["concurrency"] or "-"),
             _clock(row["last_heartbeat"]),
             ", ".join(row["runs"]) or "-",
+            {True: "yes", False: "starting"}.get(row["ready"], "-"),
         )
     out.print(table)
 

@@ -152,10 +152,10 @@ class LocalCluster:
         path.write_text(json.dumps([m.describe() for m in self.members], indent=2))
 
     def wait_ready(self, liveness: Liveness, timeout: float = 60.0) -> None:
-        """Wait until every worker node sends heartbeats; fail if a member exits first."""
+        """Wait until every worker node reads the queues; fail if a member exits first."""
         wanted = {m.name for m in self.members if m.role == "worker"}
         deadline = time.monotonic() + timeout
-        while not wanted <= set(liveness.alive_nodes()):
+        while not wanted <= liveness.ready_nodes():
             for member in self.members:
                 if member.process.poll() is not None:
                     raise ClusterUnavailable(f"{member.name} exited with status {member.process.returncode}")

@@ -420,6 +420,11 @@ class Liveness:
             for (name, deadline), info in zip(deadlines.items(), infos, strict=True)
         }
 
+    def ready_nodes(self) -> set[str]:
+        """Alive nodes that read the queues: a node is alive as soon as it starts, and ready
+        once Celery has forked its pool (a node that does not say counts as ready)."""
+        return {name for name, info in self.alive_nodes().items() if info.get("ready", True)}
+
     def epoch(self, run_id: str) -> int:
         return int(self.client.get(self._key("epoch", run_id)) or 0)
 

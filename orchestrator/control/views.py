@@ -146,6 +146,9 @@ def log_rows(
 def node_rows(repository: Repository, liveness: Liveness, lease_ttl: float) -> list[dict[str, Any]]:
     """Worker nodes as ``nodes --json`` lists them: alive ones from Redis, the others from SQL.
 
+    ``ready`` says whether a live node's pool has started and reads the queues (a node
+    announces itself alive first, while Celery still forks its pool processes).
+
     ``last_heartbeat`` of a live node is derived from its heartbeat deadline in Redis; of a
     node no longer alive it is the last time SQL saw it.
     """
@@ -163,6 +166,8 @@ def node_rows(repository: Repository, liveness: Liveness, lease_ttl: float) -> l
                 "last_heartbeat": last_heartbeat(alive.get(name), lease_ttl)
                 or (node.last_seen.isoformat() if node else None),
                 "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
+                # Alive and reading the queues (its pool forked); None for a node no longer alive.
+                "ready": bool(alive[name].get("ready", True)) if name in alive else None,
             }
         )
     return rows

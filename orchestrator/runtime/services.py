@@ -3,7 +3,8 @@
 Celery's prefork pool forks worker processes; a socket or a connection pool
 inherited across a fork is shared by two processes and corrupts both. Every
 accessor here therefore checks the process id and builds its own objects in
-a new process.
+a new process; only a server database's engine is kept, with a new pool of its
+own (:meth:`Services._inherited`).
 """
 
 from __future__ import annotations
@@ -54,11 +55,29 @@ class Services:
     def _get(self, name: str, build: Callable[[], T]) -> T:
         with self._lock:
             if os.getpid() != self._pid:  # forked: nothing of the parent's may be used
+                inherited = self._inherited()
                 self._cache.clear()
+                self._cache.update(inherited)
                 self._pid = os.getpid()
             if name not in self._cache:
                 self._cache[name] = build()
             return cast(T, self._cache[name])
+
+    def _inherited(self) -> dict[str, Any]:
+        """What a forked process keeps of its parent's: the PostgreSQL (or other server) engine,
+        given a pool of its own without touching the parent's connections (SQLAlchemy's
+        ``dispose(close=False)``). It keeps the engine's initialised dialect and compiled
+        statements, which a new engine would build again on a pool process's first attempt.
+        SQLite's engine is made anew: its connections must not cross a fork at all.
+        """
+        repository: Repository | None = self._cache.get("repository")
+        if repository is None or repository.engine.dialect.name == "sqlite":
+            return {}
+        repository.engine.dispose(close=False)
+        kept: dict[str, Any] = {"repository": repository}
+        if "projections" in self._cache:
+            kept["projections"] = self._cache["projections"]
+        return kept
 
     def close(self) -> None:
         """Release the connections this process made (engine pool, Redis pool)."""

@@ -112,6 +112,9 @@ class NodeRow(BaseModel):
     runs: list[str]
     last_heartbeat: str | None = Field(description=ISO)
     concurrency: int | None
+    ready: bool | None = Field(
+        description="alive and reading the queues (its pool started); null for a node not alive"
+    )
 
 
 class Requested(BaseModel):

@@ -75,11 +75,11 @@ class LocalCluster:
     def log(self, name: str) -> Path:
         return self.dir / f"{name}.jsonl"
 
-    def alive_nodes(self) -> set[str]:
+    def ready_nodes(self) -> set[str]:
         result = self.cli("nodes", "--json")
         if result.returncode != 0:  # no cluster.json yet, or Redis not answering yet
             return set()
-        return {row["node"] for row in json.loads(result.stdout) if row["state"] == "alive"}
+        return {row["node"] for row in json.loads(result.stdout) if row["state"] == "alive" and row["ready"]}
 
     def tail(self, lines: int = 30) -> str:
         text = self.output.read_text(errors="replace").splitlines()[-lines:]
@@ -171,7 +171,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         pids: set[int] = set()
         try:
             wait_until(
-                lambda: up.poll() is not None or harness.alive_nodes() == NODES,
+                lambda: up.poll() is not None or harness.ready_nodes() == NODES,
                 timeout=60,
                 what=f"2 alive nodes\n{harness.tail()}",
             )
@@ -238,10 +238,11 @@ def test_nodes_shows_both_nodes_alive_with_concurrency_and_heartbeat(cluster: Lo
     assert sorted(row["node"] for row in rows) == sorted(NODES)
     now = datetime.now(UTC)
     for row in rows:
-        assert row["state"] == "alive" and row["concurrency"] == 2, row
+        assert row["state"] == "alive" and row["concurrency"] == 2 and row["ready"] is True, row
         assert now - datetime.fromisoformat(row["last_heartbeat"]) < timedelta(seconds=10), row
     table = {cells[0]: cells for cells in table_rows(cluster.cli("nodes").stdout)}
     assert {name: cells[1:3] for name, cells in table.items()} == {n: ["alive", "2"] for n in NODES}
+    assert {name: cells[-1] for name, cells in table.items()} == {n: "yes" for n in NODES}
 
 
 def test_submit_prints_the_run_id_at_once(cluster: LocalCluster) -> None:

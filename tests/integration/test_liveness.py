@@ -303,6 +303,18 @@ def test_heartbeats_alive_and_lost_nodes(liveness: Liveness) -> None:
     assert liveness.lost_nodes() == []
 
 
+def test_a_node_is_ready_once_it_says_so(liveness: Liveness) -> None:
+    liveness.heartbeat("starting", {"pid": 1, "ready": False})  # alive, its pool still forking
+    liveness.heartbeat("serving", {"pid": 2, "ready": True})
+    liveness.heartbeat("older", {"pid": 3})  # a node of a version that does not say
+    assert set(liveness.alive_nodes()) == {"starting", "serving", "older"}
+    assert liveness.ready_nodes() == {"serving", "older"}
+    liveness.heartbeat("starting", {"pid": 1, "ready": True})
+    assert liveness.ready_nodes() == {"starting", "serving", "older"}
+    liveness.node_gone("serving")
+    assert liveness.ready_nodes() == {"starting", "older"}
+
+
 # -- the clock ----------------------------------------------------------------------------------
 
 
