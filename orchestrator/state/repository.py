@@ -158,14 +158,15 @@ class Repository:
         key) creates nothing and returns the existing run's id. ``version`` is the
         catalog version of a deployed package (None for an inline one).
         """
+        runs, attempts, events = (cast(Table, model.__table__) for model in (Run, Attempt, Event))
+        shown: dict[str, Any] = {"version": version} if version is not None else {}
         try:
+            # Plain statements, inserted first: a run id or idempotency key already recorded
+            # (a redelivered or retried submission) fails the insert and is looked up below.
             with self.sessions.begin() as session:
-                # Checked in the inserting transaction: one transaction (one SQLite lock) per submission.
-                existing = self._existing_in(session, run_id, idempotency_key)
-                if existing is not None:
-                    return existing, False
-                session.add(
-                    Run(
+                now = utcnow()
+                session.execute(
+                    insert(runs).values(
                         id=run_id,
                         package=package.name,
                         definition_hash=package.definition_hash,
@@ -176,14 +177,17 @@ class Repository:
                         package_version=version,
                         attempt=0 if epoch is None else 1,
                         epoch=epoch or 0,
+                        submitted_at=now,
+                        updated_at=now,
                     )
                 )
-                session.flush()
-                shown: dict[str, Any] = {"version": version} if version is not None else {}
-                self._event(session, run_id, "submitted", package=package.name, **shown)
+                rows = [_event_row(run_id, "submitted", now, None, {"package": package.name, **shown})]
                 if epoch is not None:
-                    session.add(Attempt(run_id=run_id, number=1, epoch=epoch))
-                    self._event(session, run_id, "dispatched", attempt=1, epoch=epoch)
+                    session.execute(
+                        insert(attempts).values(run_id=run_id, number=1, epoch=epoch, dispatched_at=now)
+                    )
+                    rows.append(_event_row(run_id, "dispatched", utcnow(), 1, {"epoch": epoch}))
+                session.execute(insert(events), rows)
         except IntegrityError:
             existing = self._existing(run_id, idempotency_key)
             if existing is None:
@@ -541,6 +545,12 @@ class Repository:
         for node, run_id in rows:
             found.setdefault(node or "", []).append(run_id)
         return found
+
+
+def _event_row(
+    run_id: str, kind: str, at: datetime, attempt: int | None, detail: dict[str, Any]
+) -> dict[str, Any]:
+    return {"run_id": run_id, "at": at, "kind": kind, "node": None, "attempt": attempt, "detail": detail}
 
 
 def _claim_run(run_id: str, epoch: int, node: str, now: datetime) -> Any:
