@@ -373,6 +373,10 @@ def append_line(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a side-effect file: a last line without its newline is an append
+    still in progress (a reader can see part of a concurrent write) and is left for later."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]

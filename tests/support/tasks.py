@@ -35,9 +35,12 @@ def record(ctx: TaskContext, event: str, **extra: Any) -> None:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
+    """The log's complete lines: a last line without its newline is a task's append still in
+    progress (a reader polling the file can see part of a concurrent write)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
 
 
 def count(entries: list[dict[str, Any]], event: str, task: str, item: Any = None) -> int:
