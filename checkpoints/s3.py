@@ -450,8 +450,9 @@ class S3CheckpointStore:
     def _create_unless_taken(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent; False when it exists, whatever it holds, without reading it.
 
-        A retried request whose first try created the object also answers 412; for a seal
-        that is harmless: the object is a seal all the same, found by the backward read.
+        A retried request whose first try created the object also answers 412: a caller that
+        must tell reads the key (:meth:`_try_create`); for a seal it is harmless, the object
+        is a seal all the same, found by the backward read.
         """
         for _ in range(_RETRIES):
             try:
@@ -522,19 +523,9 @@ class S3CheckpointStore:
 
     def _try_create(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent; False when it holds other content (never overwritten)."""
-        for _ in range(_RETRIES):
-            try:
-                self._call(
-                    "write", self.client.put_object, Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*"
-                )
-                return True
-            except _Conflict:
-                _backoff()
-            except _Lost:
-                # A retried request whose first try succeeded also answers 412: the same
-                # bytes there are this very write.
-                return self._get(key) == data
-        raise CheckpointError(f"s3://{self.bucket}/{key}: the server kept answering 409 Conflict")
+        # A retried request whose first try succeeded also answers 412: the same bytes there
+        # are this very write.
+        return self._create_unless_taken(key, data) or self._get(key) == data
 
     def _get(self, key: str) -> bytes | None:
         tagged = self._get_tagged(key)
