@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from checkpoints import (
 )
 from checkpoints.s3 import Manifest, S3CheckpointStore, journal_key
 from checkpoints.s3layout import ManifestGeneration, is_seal, seal
+from checkpoints.s3writer import S3CheckpointWriter
 from tests.support.cli import run_cli
 from tests.support.moto import NOT_ATOMIC, MotoS3
 from tests.support.seaweed import SeaweedServer, SeaweedUnavailable, objects
@@ -376,59 +377,68 @@ def test_the_seal_is_idempotent_and_a_fence_repeated_after_a_failed_seal_seals(s
     assert loaded is not None and loaded.items == {"load": {"eu": 1, "us": 2}}
 
 
-def test_a_batch_that_wins_the_seals_name_counts_and_the_seal_goes_after_it(
-    s3: S3Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fence_racing(
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    race: Callable[[S3CheckpointWriter, S3CheckpointStore, ManifestGeneration], None],
+) -> tuple[S3CheckpointStore, S3CheckpointStore, S3CheckpointWriter, list[int]]:
+    """Fence epoch 1's writer while ``race(zombie, sealer, generation)`` runs once, between the sealer's
+    LIST of the journal and its first creates; return the store, the sealer, the zombie and
+    how many batches that LIST found."""
     root = s3.root()
     store, scheduler = s3.store(root), s3.store(root)
     zombie = store.open(make(epoch=1))
     real = scheduler._batches
     listed: list[int] = []
 
-    def stale_listing(run: str, generation: object) -> list[int]:
-        numbers: list[int] = real(run, generation)  # type: ignore[arg-type]
-        if not listed:  # the zombie's batch lands between the sealer's LIST and its create
+    def stale_listing(run: str, generation: ManifestGeneration) -> list[int]:
+        numbers: list[int] = real(run, generation)
+        if not listed:
             listed.append(len(numbers))
-            zombie.append([Change(items={"load": {"eu": 1}})])
+            race(zombie, scheduler, generation)
         return numbers
 
     monkeypatch.setattr(scheduler, "_batches", stale_listing)
     assert scheduler.fence(PACKAGE, RUN, 2) == 2
-    assert listed == [0]
-    keys = _journal_keys(store)
-    assert len(keys) == 2 and _seals(store) == [keys[1]]
+    return store, scheduler, zombie, listed
+
+
+def _fenced_with_only_its_first_batch(scheduler: S3CheckpointStore, zombie: S3CheckpointWriter) -> None:
     with pytest.raises(Fenced):
         zombie.append([Change(items={"load": {"us": 2}})])
     loaded = scheduler.load(PACKAGE, RUN)
     assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+
+
+def test_a_batch_that_wins_the_seals_name_counts_and_the_seal_goes_after_it(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def batch(zombie: S3CheckpointWriter, sealer: S3CheckpointStore, generation: ManifestGeneration) -> None:
+        zombie.append([Change(items={"load": {"eu": 1}})])
+
+    store, scheduler, zombie, listed = _fence_racing(s3, monkeypatch, batch)
+    assert listed == [0]
+    keys = _journal_keys(store)
+    assert len(keys) == 2 and _seals(store) == [keys[1]]
+    _fenced_with_only_its_first_batch(scheduler, zombie)
 
 
 def test_a_seal_that_finds_another_operations_seal_before_its_own_keeps_only_the_first(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = s3.root()
-    store, scheduler = s3.store(root), s3.store(root)
-    zombie = store.open(make(epoch=1))
-    real = scheduler._batches
-    run = scheduler.run_prefix(PACKAGE, RUN)
+    def batch_then_another_seal(
+        zombie: S3CheckpointWriter, sealer: S3CheckpointStore, generation: ManifestGeneration
+    ) -> None:
+        zombie.append([Change(items={"load": {"eu": 1}})])
+        other = journal_key(sealer.run_prefix(PACKAGE, RUN), generation, 2)
+        sealer.client.put_object(Bucket=sealer.bucket, Key=other, Body=seal(generation.epoch))
 
-    def stale_listing(run_: str, generation: ManifestGeneration) -> list[int]:
-        numbers: list[int] = real(run_, generation)
-        if not numbers:  # between the LIST and the creates: a batch, then another fence's seal
-            zombie.append([Change(items={"load": {"eu": 1}})])
-            other = journal_key(run, generation, 2)
-            scheduler.client.put_object(Bucket=scheduler.bucket, Key=other, Body=seal(generation.epoch))
-        return numbers
-
-    monkeypatch.setattr(scheduler, "_batches", stale_listing)
-    assert scheduler.fence(PACKAGE, RUN, 2) == 2
+    store, scheduler, zombie, listed = _fence_racing(s3, monkeypatch, batch_then_another_seal)
+    assert listed == [0]
     keys = _journal_keys(store)
     # Name 1 is the batch, 2 the other seal; this fence won name 3, read back to 2 and removed 3.
     assert len(keys) == 2 and _seals(store) == [keys[1]] and keys[1].endswith("-2.log")
-    with pytest.raises(Fenced):
-        zombie.append([Change(items={"load": {"us": 2}})])
-    loaded = scheduler.load(PACKAGE, RUN)
-    assert loaded is not None and loaded.items == {"load": {"eu": 1}}
+    _fenced_with_only_its_first_batch(scheduler, zombie)
 
 
 def test_a_zombie_appending_through_a_fence_loses_no_acknowledged_record(s3: S3Server) -> None:
