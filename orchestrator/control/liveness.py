@@ -256,6 +256,13 @@ class LostDispatch:
     server_ms: int
 
 
+def node_ready(info: dict[str, Any]) -> bool:
+    """Whether an alive node (its heartbeat's ``info``) reads the queues: a node is alive as soon
+    as it starts, and ready once Celery has forked its pool (a node that does not say counts
+    as ready)."""
+    return bool(info.get("ready", True))
+
+
 class Liveness:
     """The Redis side of leases, heartbeats and epochs (see the module docstring)."""
 
@@ -421,9 +428,8 @@ class Liveness:
         }
 
     def ready_nodes(self) -> set[str]:
-        """Alive nodes that read the queues: a node is alive as soon as it starts, and ready
-        once Celery has forked its pool (a node that does not say counts as ready)."""
-        return {name for name, info in self.alive_nodes().items() if info.get("ready", True)}
+        """Alive nodes that read the queues (:func:`node_ready`)."""
+        return {name for name, info in self.alive_nodes().items() if node_ready(info)}
 
     def epoch(self, run_id: str) -> int:
         return int(self.client.get(self._key("epoch", run_id)) or 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.control.liveness import Liveness
+from orchestrator.control.liveness import Liveness, node_ready
 from orchestrator.errors import InvalidInput
 from orchestrator.packages.flowcheck import HANDLER_SECTIONS
 from orchestrator.state.models import Event, Run
@@ -167,7 +167,7 @@ def node_rows(repository: Repository, liveness: Liveness, lease_ttl: float) -> l
                 or (node.last_seen.isoformat() if node else None),
                 "concurrency": alive.get(name, {}).get("concurrency") or (node.concurrency if node else None),
                 # Alive and reading the queues (its pool forked); None for a node no longer alive.
-                "ready": bool(alive[name].get("ready", True)) if name in alive else None,
+                "ready": node_ready(alive[name]) if name in alive else None,
             }
         )
     return rows
