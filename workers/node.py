@@ -36,7 +36,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
     files = AttemptFiles.create(node)
     register_worker_tasks(services.app, services, node, files)
     services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
-    services.repository.warm()  # compiled once here, inherited by every pool process
+    services.before_fork()  # what every pool process inherits, prepared once here
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),

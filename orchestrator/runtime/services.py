@@ -71,13 +71,20 @@ class Services:
         SQLite's engine is made anew: its connections must not cross a fork at all.
         """
         repository: Repository | None = self._cache.get("repository")
-        if repository is None or repository.engine.dialect.name == "sqlite":
+        if repository is None or not _forks_keep(repository):
             return {}
         repository.engine.dispose(close=False)
         kept: dict[str, Any] = {"repository": repository}
         if "projections" in self._cache:
             kept["projections"] = self._cache["projections"]
         return kept
+
+    def before_fork(self) -> None:
+        """Prepare what forked processes keep (:meth:`_inherited`): the claim's and the
+        outcome's statements compiled once (:meth:`Repository.warm`). Nothing on SQLite,
+        whose engine a forked process makes anew."""
+        if _forks_keep(self.repository):
+            self.repository.warm()
 
     def close(self) -> None:
         """Release the connections this process made (engine pool, Redis pool)."""
@@ -174,3 +181,8 @@ class Services:
             store = self.store
             if isinstance(store, S3CheckpointStore):
                 store.check()
+
+
+def _forks_keep(repository: Repository) -> bool:
+    """Whether a forked process keeps this engine: a server database's, not SQLite's."""
+    return repository.engine.dialect.name != "sqlite"

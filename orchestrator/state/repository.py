@@ -375,8 +375,8 @@ class Repository:
         """Compile the claim's and the outcome's first statements now, in a transaction that
         changes nothing (no run has the empty id) and is rolled back.
 
-        A worker node does this before Celery forks its pool: the pool processes inherit
-        the compiled statements with the engine (see ``Services``) instead of compiling
+        A worker node does this before Celery forks its pool (``Services.before_fork``):
+        the pool processes inherit the compiled statements with the engine instead of compiling
         them on their first attempt, tens of milliseconds of CPU each (the claim returns
         every column of the run), paid all at once when a lost node's runs land on a
         pool that has not run anything yet.
