@@ -20,7 +20,18 @@ from tests.support.cli import ROOT, cli_env
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
-SCRIPTS = ["checkpoint", "foreach", "overhead", "throughput", "scale", "recovery", "ui", "s3", "copy"]
+SCRIPTS = [
+    "checkpoint",
+    "foreach",
+    "overhead",
+    "throughput",
+    "floor",
+    "scale",
+    "recovery",
+    "ui",
+    "s3",
+    "copy",
+]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
