@@ -4,11 +4,12 @@ No SQL while tasks run. The :class:`AttemptReporter` turns the executor's
 hooks into :class:`~orchestrator.state.records.Record`\\ s and appends them in
 batches with one fenced script call (:class:`~orchestrator.control.stream.EventStream`):
 
-* a finished task or item, and the checkpoint write that records it, are
-  appended together within :data:`SOON_DELAY` of that write, by the process's
-  flusher thread: the unit that finished goes on at once, and what finishes
-  meanwhile (or while an append is in flight) goes in the same append (at most
-  one Redis call per task, far fewer for a long foreach of short items);
+* a finished task, and the checkpoint write that records it, are appended
+  together within :data:`SOON_DELAY` of that write, by the process's flusher
+  thread: the unit that finished goes on at once, and what finishes meanwhile
+  (or while an append is in flight) goes in the same append (at most one Redis
+  call per task); a finished foreach item waits up to :data:`ITEM_DELAY`, so
+  that a long foreach of short items appends a few dozen items at a time;
 * a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
   append, so a long task shows as running at once and a short one costs no
   call of its own;
@@ -57,6 +58,10 @@ FLUSH_DELAY = 0.05
 SOON_DELAY = 0.005
 """Seconds the records of a finished unit wait for company: a long foreach's items, finishing
 every fraction of a millisecond, share one append instead of waking the flusher for each."""
+ITEM_DELAY = 0.02
+"""Seconds a finished foreach item's records wait for company: items of a few hundred microseconds
+share an append by the dozen (each append costs the attempt's process a Redis call and the
+records' encoding, under the interpreter lock the items' threads need)."""
 
 
 _TASK_EVENTS = {
@@ -142,7 +147,8 @@ class AttemptReporter(ExecutionHooks):
 
     def checkpoint_saved(self, size: int, seconds: float, reason: str) -> None:
         if reason in ("task", "item"):
-            self._add("event", "checkpoint_saved", {"bytes": size}, (), soon=True)
+            delay = ITEM_DELAY if reason == "item" else SOON_DELAY
+            self._add("event", "checkpoint_saved", {"bytes": size}, (), delay=delay)
 
     def run_finished(self, result: RunResult) -> None:
         self._flush()
@@ -167,10 +173,9 @@ class AttemptReporter(ExecutionHooks):
         tasks: tuple[TaskChange, ...],
         *,
         flush: bool = False,
-        soon: bool = False,
+        delay: float = FLUSH_DELAY,
     ) -> None:
-        """Buffer a record; append it now (``flush``), as soon as the flusher can (``soon``),
-        or within :data:`FLUSH_DELAY`."""
+        """Buffer a record; append it now (``flush``), else within ``delay`` seconds."""
         with self._lock:
             if self._fenced is not None:
                 raise self._fenced
@@ -180,7 +185,7 @@ class AttemptReporter(ExecutionHooks):
             if self._fenced is not None:
                 raise self._fenced
         else:
-            _flusher().schedule(self, SOON_DELAY if soon else FLUSH_DELAY)
+            _flusher().schedule(self, delay)
 
     def _record(
         self, type_: str, kind: str | None, detail: dict[str, Any], tasks: tuple[TaskChange, ...]
