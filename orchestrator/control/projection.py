@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from orchestrator.control.stream import EventStream, parse_id
 from orchestrator.observability.metrics import gauges
 from orchestrator.state.projection import Batch, Entry, Projections
-from orchestrator.state.records import MalformedRecord, Record
+from orchestrator.state.records import Record, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,13 @@ class Projector:
         return self._done(Projected(entries, written, batches, lag, False))
 
     def _read(self, position: str) -> list[Entry]:
-        return [
-            (entry_id, _decode(entry_id, raw))
-            for entry_id, raw in self.stream.read_after(position, self.batch)
-        ]
+        """The records of the entries after ``position``: whole entries, about ``batch`` records."""
+        found: list[Entry] = []
+        for entry_id, raw in self.stream.read_after(position, self.batch):
+            found.extend((entry_id, record) for record in _decode(entry_id, raw))
+            if len(found) >= self.batch:
+                break
+        return found
 
     def _now_ms(self) -> int:
         if self._server_ms is not None:
@@ -112,11 +115,15 @@ class Projector:
         return result
 
 
-def _decode(entry_id: str, raw: bytes) -> Record | None:
-    try:
-        return Record.decode(raw)
-    except MalformedRecord as exc:
+def _decode(entry_id: str, raw: bytes) -> list[Record | None]:
+    records = decode_entry(raw)
+    if None in records:
         # Written by something that is not a worker of this version: it cannot be projected, and
         # keeping it would stop every later event. Logged, with the id, and skipped.
-        log.error("event stream entry %s is not a record (%s): skipped", entry_id, exc)
-        return None
+        log.error(
+            "event stream entry %s holds %d of %d items that are not records: skipped",
+            entry_id,
+            records.count(None),
+            len(records),
+        )
+    return records

@@ -2,7 +2,9 @@
 
 Keys (``<p>`` is the prefix of :mod:`orchestrator.control.liveness`)::
 
-    <p>:events      stream; one field ``r``: a record (:mod:`orchestrator.state.records`)
+    <p>:events      stream; one field ``r``: the records of one append, a JSON array of at
+                    most ENTRY_RECORDS (or one record, as older workers wrote it;
+                    :func:`orchestrator.state.records.decode_entry` reads both)
     <p>:projected   the id of the last entry known to be in SQL (a mirror, possibly behind)
 
 An append is one script that first checks the attempt's epoch, like a lease
@@ -20,7 +22,13 @@ from typing import Any
 
 import redis
 
-# KEYS: epoch, stream, projected   ARGV: epoch, record...
+from orchestrator.state.records import encode_entry
+
+ENTRY_RECORDS = 100
+"""Records in one stream entry at most (a projection batch is whole entries: this bounds how far
+past its size a batch may go)."""
+
+# KEYS: epoch, stream, projected   ARGV: epoch, entry... (an entry: records, a JSON array)
 # A missing epoch (Redis lost its data) counts as 0, as for a lease renewal: the newest
 # attempt is the highest claimant, and the scheduler restores the epoch from SQL at once.
 _APPEND = """
@@ -34,7 +42,8 @@ return {1, redis.call('GET', KEYS[3]) or '0-0', ids}
 
 @dataclass(frozen=True)
 class Appended:
-    """Stream ids of the appended records, and the position the projection had reached."""
+    """Stream ids of the appended records (records of one entry share its id), and the position
+    the projection had reached."""
 
     ids: list[str]
     projected: str
@@ -57,13 +66,22 @@ class EventStream:
         self._append = client.register_script(_APPEND)
 
     def append(self, run_id: str, epoch: int, records: Sequence[str]) -> Appended | None:
-        """Append encoded records for an attempt; ``None`` if the attempt was fenced."""
+        """Append encoded records for an attempt, in entries of at most :data:`ENTRY_RECORDS`;
+        ``None`` if the attempt was fenced.
+
+        An entry per append rather than per record: a long foreach's items are appended
+        dozens at a time, and each record costs no stream entry, no argument and no id of
+        its own in Redis (nor the worker's time to send and read them).
+        """
+        chunks = [list(records[i : i + ENTRY_RECORDS]) for i in range(0, len(records), ENTRY_RECORDS)]
         found: Any = self._append(
-            [f"{self.prefix}:epoch:{run_id}", self.key, self.projected_key], [epoch, *records]
+            [f"{self.prefix}:epoch:{run_id}", self.key, self.projected_key],
+            [epoch, *(encode_entry(chunk) for chunk in chunks)],
         )
         if int(found[0]) == 0:
             return None
-        return Appended([_text(i) for i in found[2]], _text(found[1]))
+        ids = [_text(i) for i, chunk in zip(found[2], chunks, strict=True) for _ in chunk]
+        return Appended(ids, _text(found[1]))
 
     def read_after(self, position: str, count: int) -> list[tuple[str, bytes]]:
         """At most ``count`` entries after ``position`` (their ids and raw records), oldest first."""

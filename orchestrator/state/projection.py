@@ -43,14 +43,15 @@ EVENTS = "events"
 START = "0-0"
 
 Entry = tuple[str, Record | None]
-"""A stream entry: its id, and the record (``None``: unreadable, logged and skipped)."""
+"""A record read from the stream: its entry's id (records of one entry share it), and the record
+(``None``: unreadable, logged and skipped)."""
 Reader = Callable[[str], Sequence[Entry]]
 """Reads the stream entries after a position (at most a batch)."""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """What one batch did: stream entries consumed, records written, the position now."""
+    """What one batch did: records read (whole stream entries), records written, the position now."""
 
     entries: int
     written: int

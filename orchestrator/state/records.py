@@ -6,8 +6,9 @@ started or finished, a foreach item done, a checkpoint saved, a resume) is a
 attempt's epoch first (:mod:`orchestrator.control.stream`), and written to SQL
 later, in batches, by the schedulers (:mod:`orchestrator.state.projection`).
 
-A record is one JSON object in one stream field, so the stream can carry
-other kinds of record without a change of format: ``type`` names the handler
+A record is one JSON object; a stream entry holds one record or a JSON array
+of the records one append carried (:func:`decode_entry`), so the stream can
+carry other kinds of record without a change of format: ``type`` names the handler
 that writes it to SQL. Three exist: ``event`` (a timeline entry, and the task
 state it implies), ``task`` (a task state without a timeline entry) and
 ``log`` (a line a task logged, :mod:`orchestrator.state.tasklogs`). A new
@@ -112,9 +113,17 @@ class Record:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Record:
-        """Parse one stream entry; raise :class:`MalformedRecord` if it is not a record."""
+        """Parse one encoded record; raise :class:`MalformedRecord` if it is not a record."""
         try:
             body = json.loads(raw)
+        except ValueError as exc:
+            raise MalformedRecord(f"unreadable record: {exc}") from exc
+        return cls.from_body(body)
+
+    @classmethod
+    def from_body(cls, body: Any) -> Record:
+        """A record from its decoded JSON body; raise :class:`MalformedRecord` if it is not one."""
+        try:
             if not isinstance(body, dict) or body.get("v") != FORMAT:
                 raise MalformedRecord(f"not a format-{FORMAT} record")
             return cls(
@@ -133,3 +142,24 @@ class Record:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise MalformedRecord(f"unreadable record: {exc}") from exc
+
+
+def encode_entry(encoded: list[str]) -> str:
+    """One stream entry holding several encoded records (a JSON array, in order)."""
+    return "[" + ",".join(encoded) + "]"
+
+
+def decode_entry(raw: str | bytes) -> list[Record | None]:
+    """The records of one stream entry (one record, or an array of them); a record that cannot be
+    read is ``None`` in its place, an entry that cannot be read at all is ``[None]``."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return [None]
+    found: list[Record | None] = []
+    for item in body if isinstance(body, list) else [body]:
+        try:
+            found.append(Record.from_body(item))
+        except MalformedRecord:
+            found.append(None)
+    return found or [None]

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 
 from orchestrator.control.projection import Projector
-from orchestrator.control.stream import EventStream
+from orchestrator.control.stream import ENTRY_RECORDS, EventStream, parse_id
 from orchestrator.packages.validation import parse_package
 from orchestrator.state import make_engine, upgrade
 from orchestrator.state.models import Event
@@ -57,6 +57,7 @@ class Setup:
     engines: list[Engine] = field(default_factory=list)
     clients: list[redis.Redis] = field(default_factory=list)
     appended: dict[str, int] = field(default_factory=dict)  # run -> records appended
+    entries: int = 0  # stream entries appended (one per append)
 
     def engine(self) -> Engine:
         engine = make_engine(self.database_url)
@@ -94,6 +95,7 @@ class Setup:
             for run_id in RUNS:
                 records = [self.record(run_id) for _ in range(min(chunk, count - start))]
                 assert stream.append(run_id, 1, [r.encode() for r in records]) is not None
+                self.entries += 1  # an append is one stream entry
 
     def record(self, run_id: str) -> Record:
         seq = self.appended[run_id] = self.appended.get(run_id, 0) + 1
@@ -188,7 +190,7 @@ def test_sql_failing_mid_batch_leaves_the_events_in_redis(setup: Setup) -> None:
     with pytest.raises(OperationalError):
         projector.run()
     assert setup.repository.events("run-a")[-1].source is None, "nothing of the batch was written"
-    assert projector.stream.length() == 300, "the events wait in Redis"
+    assert projector.stream.length() == setup.entries, "the events wait in Redis"
     assert projector.projections.position() == "0-0"
 
     assert projector.run().written == 300
@@ -219,7 +221,7 @@ def test_postgresql_down_mid_batch_loses_and_doubles_nothing(redis_url: str, tmp
         projector.stream.read_after = read_then_go_down  # type: ignore[method-assign]
         with pytest.raises(OperationalError):
             projector.run()
-        assert projector.stream.length() == 300, "the events wait in Redis"
+        assert projector.stream.length() == setup.entries, "the events wait in Redis"
         server.up()
         wait_until(lambda: _runs(projector), timeout=60, what="PostgreSQL to take the batch")
         setup.judge()
@@ -338,3 +340,35 @@ def test_a_fenced_attempt_appends_nothing(setup: Setup) -> None:
     assert stream.append("run-a", 1, [setup.record("run-a").encode()]) is None
     assert stream.length() == 0
     assert stream.append("run-a", 2, [setup.record("run-a").encode()]) is not None
+
+
+def test_an_append_is_one_entry_of_at_most_entry_records_and_a_batch_is_whole_entries(setup: Setup) -> None:
+    stream = setup.stream()
+    records = [setup.record("run-a") for _ in range(ENTRY_RECORDS + 30)]
+    appended = stream.append("run-a", 1, [r.encode() for r in records])
+
+    assert appended is not None
+    assert stream.length() == 2, "a full entry, then the rest"
+    assert len(appended.ids) == len(records), "every record has its entry's id"
+    assert len(set(appended.ids)) == 2
+    assert appended.ids == sorted(appended.ids, key=parse_id)
+    projector = setup.projector(batch=40)
+    done = projector.run()
+    # The first batch takes the whole first entry (past its size), the second the rest.
+    assert (done.entries, done.written, done.batches) == (len(records), len(records), 2)
+    setup.judge()
+    assert stream.length() == 0
+
+
+def test_an_entry_of_one_record_as_older_workers_wrote_it_is_still_read(setup: Setup) -> None:
+    client, stream = setup.client(), setup.stream()
+    client.xadd(stream.key, {"r": setup.record("run-a").encode()})
+    client.xadd(stream.key, {"r": "[" + setup.record("run-a").encode() + ', {"not": "a record"}]'})
+    client.xadd(stream.key, {"r": "not json"})
+    assert stream.append("run-a", 1, [setup.record("run-a").encode()]) is not None
+
+    done = setup.projector().run()
+
+    assert done.written == 3, "the unreadable item and entry are skipped, nothing else"
+    setup.judge()
+    assert stream.length() == 0
