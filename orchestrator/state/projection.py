@@ -25,9 +25,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -107,6 +107,7 @@ def write_records(
     locked: Mapping[str, tuple[int, RunState]] | None = None,
     *,
     log_lines: int = tasklogs.MAX_LINES,
+    task_rows: TaskRows | None = None,
 ) -> int:
     """Write the records not written yet, in order, with the task states they imply.
 
@@ -114,6 +115,10 @@ def write_records(
     their attempt and state); records of a run that does not exist are logged and
     skipped. Log lines are then bounded to ``log_lines`` per task
     (:mod:`orchestrator.state.tasklogs`). Returns how many records were new.
+
+    ``task_rows``: the task rows of the ``locked`` runs, read by the caller, who writes them
+    after adding changes of its own (an attempt's outcome); the records' task changes are
+    made there and not written here. Otherwise the rows are read and written here.
     """
     if not records:
         return 0
@@ -147,7 +152,15 @@ def write_records(
     if logs:
         session.execute(insert(TaskLog), logs)
         tasklogs.trim(session, {(row["run_id"], row["task_id"]) for row in logs}, log_lines)
-    _apply_changes(session, changes)
+    if changes:
+        tasks = (
+            task_rows
+            if task_rows is not None
+            else TaskRows(session, sorted({record.run_id for record, _, _ in changes}))
+        )
+        _apply_changes(tasks, changes)
+        if task_rows is None:
+            tasks.write(session)
     return new
 
 
@@ -203,49 +216,91 @@ HANDLERS: dict[str, Callable[[Record, _Rows], None]] = {"event": _event, "task":
 """Record types and how each is written."""
 
 
-def _apply_changes(session: Session, changes: list[tuple[Record, TaskChange, bool]]) -> None:
-    if not changes:
-        return
-    keys = {(record.run_id, change.task_id) for record, change, _ in changes}
-    run_ids = sorted({run_id for run_id, _ in keys})
-    rows = {
-        (row.run_id, row.task_id): row
-        for row in session.execute(select(TaskRun).where(TaskRun.run_id.in_(run_ids))).scalars()
-        if (row.run_id, row.task_id) in keys
-    }
+_TASK_FIELDS = ("state", "attempt", "tries", "started_at", "finished_at", "duration_seconds", "error")
+
+
+class TaskRows:
+    """The ``task_runs`` rows of some runs: read in one query, changed in memory, written with
+    one INSERT and one UPDATE (each an executemany) of the rows that are new or changed."""
+
+    def __init__(self, session: Session, run_ids: Sequence[str]) -> None:
+        table = cast(Table, TaskRun.__table__)
+        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._read: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for found in session.execute(select(table).where(table.c.run_id.in_(run_ids))).mappings():
+            key = (found["run_id"], found["task_id"])
+            self._rows[key] = dict(found)
+            self._read[key] = tuple(found[name] for name in _TASK_FIELDS)
+
+    def get(self, run_id: str, task_id: str) -> dict[str, Any] | None:
+        return self._rows.get((run_id, task_id))
+
+    def add(
+        self, run_id: str, task_id: str, attempt: int, state: TaskState = TaskState.PENDING
+    ) -> dict[str, Any]:
+        """A new row (pending, no tries yet), written by :meth:`write`."""
+        row: dict[str, Any] = dict.fromkeys(_TASK_FIELDS)
+        row.update(run_id=run_id, task_id=task_id, state=state, attempt=attempt, tries=0)
+        self._rows[(run_id, task_id)] = row
+        return row
+
+    def write(self, session: Session) -> None:
+        table = cast(Table, TaskRun.__table__)
+        added = [row for key, row in self._rows.items() if key not in self._read]
+        changed = [
+            {
+                "row_run": row["run_id"],
+                "row_task": row["task_id"],
+                **{f"new_{n}": row[n] for n in _TASK_FIELDS},
+            }
+            for key, row in self._rows.items()
+            if key in self._read and tuple(row[name] for name in _TASK_FIELDS) != self._read[key]
+        ]
+        if added:
+            session.execute(insert(table), added)
+        if changed:
+            session.execute(
+                update(table)
+                .where(table.c.run_id == bindparam("row_run"), table.c.task_id == bindparam("row_task"))
+                .values({name: bindparam(f"new_{name}") for name in _TASK_FIELDS}),
+                changed,
+            )
+        self._read.update((key, tuple(row[name] for name in _TASK_FIELDS)) for key, row in self._rows.items())
+
+
+def _apply_changes(rows: TaskRows, changes: list[tuple[Record, TaskChange, bool]]) -> None:
     for record, change, ended in changes:
-        key = (record.run_id, change.task_id)
-        row = rows.get(key)
+        row = rows.get(record.run_id, change.task_id)
         if row is None:
             if ended:
                 continue  # the outcome listed every task; a task it does not know is not ours to add
-            row = rows[key] = TaskRun(run_id=record.run_id, task_id=change.task_id, attempt=record.attempt)
-            row.state, row.tries = TaskState.PENDING, 0
-            session.add(row)
+            row = rows.add(record.run_id, change.task_id, record.attempt)
         elif change.create_only:
             continue
         _change(row, record, change, ended)
 
 
-def _change(row: TaskRun, record: Record, change: TaskChange, ended: bool) -> None:
+def _change(row: dict[str, Any], record: Record, change: TaskChange, ended: bool) -> None:
     when: datetime = record.when
     if ended:
         # The outcome already set the state; fill in what only the record knows.
-        if change.state is not None and row.state.value == change.state:
-            row.duration_seconds = change.seconds if change.seconds is not None else row.duration_seconds
-            row.error = change.error if change.error is not None else row.error
-            row.finished_at = row.finished_at or when
+        if change.state is not None and row["state"].value == change.state:
+            if change.seconds is not None:
+                row["duration_seconds"] = change.seconds
+            if change.error is not None:
+                row["error"] = change.error
+            row["finished_at"] = row["finished_at"] or when
         return
     if change.started:
-        row.started_at, row.finished_at, row.error = when, None, None
+        row.update(started_at=when, finished_at=None, error=None)
     if change.tries is not None:
-        row.tries = change.tries
+        row["tries"] = change.tries
     if change.state is not None:
         state = TaskState(change.state)
-        row.state, row.attempt = state, record.attempt
+        row.update(state=state, attempt=record.attempt)
         if state not in (TaskState.RUNNING, TaskState.PENDING):
-            row.finished_at = when
+            row["finished_at"] = when
     if change.seconds is not None:
-        row.duration_seconds = change.seconds
+        row["duration_seconds"] = change.seconds
     if change.error is not None:
-        row.error = change.error
+        row["error"] = change.error

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +28,7 @@ from orchestrator.packages.model import Package
 from orchestrator.state.engine import session_factory
 from orchestrator.state.models import Attempt, AttemptState, Event, Node, NodeState, Run, TaskRun
 from orchestrator.state.models import Package as PackageRow
-from orchestrator.state.projection import write_records
+from orchestrator.state.projection import TaskRows, write_records
 from orchestrator.state.records import Record
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.types import utcnow
@@ -385,7 +385,11 @@ class Repository:
         with self.sessions() as session:
             session.execute(_claim_run("", 0, "", now)).all()
             session.execute(_claim_attempt("", 0, "", now))
+            session.get(PackageRow, ("", ""))  # the package's definition, on a first attempt
             session.execute(_lock_outcome("")).all()
+            TaskRows(session, [""])
+            session.execute(_end_run("", RunState.SUCCEEDED, None, now))
+            session.execute(_end_attempt("", 0, RunState.SUCCEEDED, None, now))
             session.rollback()
 
     def finish_attempt(
@@ -404,54 +408,32 @@ class Repository:
         ``records`` are what the attempt reported that may not be in SQL yet: they are
         written first, in the same transaction, so the timeline is complete and in order
         once the run has ended (those already written are skipped). On every attempt's
-        path, so plain statements after the records: the run's row locked and checked, then
-        updated with the attempt's row, the task rows in one insert and one executemany
-        update, and the ``finished`` event.
+        path, so plain statements: the run's row locked and checked, its task rows read once
+        (:class:`~orchestrator.state.projection.TaskRows`: the records' changes and the
+        outcome's are made to them in memory, then written in one insert and one executemany
+        update), the run's and the attempt's rows updated, and the ``finished`` event.
         """
-        runs, attempts, task_runs = (cast(Table, model.__table__) for model in (Run, Attempt, TaskRun))
         with self.sessions.begin() as session:
             current = session.execute(_lock_outcome(run_id)).one_or_none()
             if current is None:
                 raise RunNotFound(f"no run {run_id!r}")
             _check_epoch(run_id, epoch, current.epoch, current.state)
-            write_records(session, records, locked={run_id: (current.attempt, current.state)})
-            session.flush()  # what the records added, before the task rows are read below
+            task_rows = TaskRows(session, [run_id])
+            locked = {run_id: (current.attempt, current.state)}
+            write_records(session, records, locked=locked, task_rows=task_rows)
             now = utcnow()
-            session.execute(
-                update(runs).where(runs.c.id == run_id).values(state=state, error=error, finished_at=now)
-            )
-            session.execute(
-                update(attempts)
-                .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
-                .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
-            )
-            found = session.execute(
-                select(task_runs.c.task_id, task_runs.c.state).where(task_runs.c.run_id == run_id)
-            )
-            recorded: dict[str, TaskState] = {task_id: task_state for task_id, task_state in found}
-            added = [
-                {"run_id": run_id, "task_id": task_id, "state": task_state, "attempt": attempt}
-                for task_id, task_state in tasks.items()
-                if task_id not in recorded
-            ]
-            changed = [
-                {"changed_task": task_id, "new_state": task_state}
-                for task_id, task_state in tasks.items()
-                if task_id in recorded
-                and (
-                    recorded[task_id] in (TaskState.PENDING, TaskState.RUNNING)
+            session.execute(_end_run(run_id, state, error, now))
+            session.execute(_end_attempt(run_id, attempt, state, error, now))
+            for task_id, task_state in tasks.items():
+                row = task_rows.get(run_id, task_id)
+                if row is None:
+                    task_rows.add(run_id, task_id, attempt, task_state)
+                elif (
+                    row["state"] in (TaskState.PENDING, TaskState.RUNNING)
                     or task_state is not TaskState.PENDING
-                )
-            ]
-            if added:
-                session.execute(insert(task_runs), added)
-            if changed:
-                session.execute(
-                    update(task_runs)
-                    .where(task_runs.c.run_id == run_id, task_runs.c.task_id == bindparam("changed_task"))
-                    .values(state=bindparam("new_state")),
-                    changed,
-                )
+                ):
+                    row["state"] = task_state
+            task_rows.write(session)
             self._insert_event(
                 session, run_id, "finished", now, node=node, attempt=attempt, state=state.value, error=error
             )
@@ -581,6 +563,20 @@ def _lock_outcome(run_id: str) -> Any:
     """The run's row an outcome checks, locked."""
     runs = cast(Table, Run.__table__)
     return select(runs.c.attempt, runs.c.epoch, runs.c.state).where(runs.c.id == run_id).with_for_update()
+
+
+def _end_run(run_id: str, state: RunState, error: str | None, now: datetime) -> Any:
+    runs = cast(Table, Run.__table__)
+    return update(runs).where(runs.c.id == run_id).values(state=state, error=error, finished_at=now)
+
+
+def _end_attempt(run_id: str, attempt: int, state: RunState, error: str | None, now: datetime) -> Any:
+    attempts = cast(Table, Attempt.__table__)
+    return (
+        update(attempts)
+        .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
+        .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
+    )
 
 
 def _check_epoch(run_id: str, epoch: int, current: int, state: RunState) -> None:

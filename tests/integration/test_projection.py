@@ -36,9 +36,9 @@ from orchestrator.packages.validation import parse_package
 from orchestrator.state import make_engine, upgrade
 from orchestrator.state.models import Event
 from orchestrator.state.projection import Projections
-from orchestrator.state.records import Record
+from orchestrator.state.records import Record, TaskChange
 from orchestrator.state.repository import Repository
-from orchestrator.state.states import RunState
+from orchestrator.state.states import RunState, TaskState
 from tests.support.cli import wait_until
 from tests.support.processes import ROOT
 from tests.support.servers import PrivatePostgres, Unavailable
@@ -372,3 +372,49 @@ def test_an_entry_of_one_record_as_older_workers_wrote_it_is_still_read(setup: S
     assert done.written == 3, "the unreadable item and entry are skipped, nothing else"
     setup.judge()
     assert stream.length() == 0
+
+
+def test_an_outcome_reads_its_task_rows_once_and_writes_each_changed_row_once(setup: Setup) -> None:
+    engine = setup.engine()
+    repository = Repository(engine)
+    repository.mark_claimed("run-a", 1, 1, "n1")
+    started = Record(
+        "task",
+        "run-a",
+        1,
+        1,
+        "n1",
+        1,
+        time.time(),
+        None,
+        {},
+        (TaskChange("a", state="running", tries=1, started=True),),
+    )
+    done = Record(
+        "event",
+        "run-a",
+        1,
+        1,
+        "n1",
+        2,
+        time.time(),
+        "task_done",
+        {"task": "a"},
+        (TaskChange("a", state="succeeded", seconds=0.5),),
+    )
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    repository.finish_attempt(
+        "run-a", 1, 1, "n1", RunState.SUCCEEDED, None,
+        {"a": TaskState.SUCCEEDED, "b": TaskState.SKIPPED}, records=[started, done],
+    )  # fmt: skip
+
+    on_tasks = [s.split()[0] for s in statements if "task_runs" in s]
+    assert on_tasks == ["SELECT", "INSERT"], statements
+    rows = repository.task_states("run-a")
+    assert (rows["a"].state, rows["a"].tries, rows["a"].duration_seconds) == (TaskState.SUCCEEDED, 1, 0.5)
+    assert rows["a"].started_at is not None and rows["a"].finished_at is not None
+    assert (rows["b"].state, rows["b"].attempt, rows["b"].tries) == (TaskState.SKIPPED, 1, 0)
+    kinds = [e.kind for e in repository.events("run-a")]
+    assert kinds == ["submitted", "dispatched", "claimed", "task_done", "finished"]
