@@ -363,15 +363,6 @@ def services(env: Environment, broker_url: str, **settings: Any) -> Any:
     return Services(Settings(**values), broker_url=broker_url)
 
 
-def append_line(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Append one JSON line atomically (O_APPEND): the side-effect file counting executions."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def read_lines(path: Path) -> list[dict[str, Any]]:
     """The complete lines of a side-effect file: a last line without its newline is an append
     still in progress (a reader can see part of a concurrent write) and is left for later."""

@@ -47,6 +47,7 @@ from typing import Any
 from celery import Celery
 
 from bench import common as C
+from bench.tasks import append_line
 
 NODES = 3
 QUEUE = "bench.recovery"
@@ -88,11 +89,11 @@ def hold(key: str, log: str, release: str) -> None:
     duplicates are counted without tying up the workers that would run redelivered tasks.
     """
     first = not any(e["key"] == key for e in C.read_lines(Path(log)))
-    C.append_line(log, {"key": key, "event": "start", "pid": os.getpid(), "t": time.time()})
+    append_line(log, {"key": key, "event": "start", "pid": os.getpid(), "t": time.time()})
     deadline = time.monotonic() + HOLD_LIMIT
     while first and not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.02)  # poll; bounded by the deadline
-    C.append_line(log, {"key": key, "event": "end", "pid": os.getpid(), "t": time.time()})
+    append_line(log, {"key": key, "event": "end", "pid": os.getpid(), "t": time.time()})
 
 
 # -- side effects -------------------------------------------------------------------------------

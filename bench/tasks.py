@@ -2,15 +2,19 @@
 
 ``hold`` appends to a side-effect file, one JSON line when its body starts and
 one when it ends: the file counts executions, whatever the orchestrator says.
+
+Worker pool processes import this module on their first attempt: it imports nothing of the
+bench's own harness (:mod:`bench.common` costs a pool process tens of milliseconds of CPU to
+import, which a bench that kills a node would count as recovery time).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
-from bench.common import append_line
 from workers.context import TaskContext
 
 HOLD_LIMIT = 300.0
@@ -56,3 +60,12 @@ def hold(ctx: TaskContext) -> dict[str, Any]:
         time.sleep(0.02)  # poll; bounded by the deadline
     record(ctx, "end")
     return {"epoch": ctx.epoch}
+
+
+def append_line(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append one JSON line atomically (O_APPEND): the side-effect file counting executions."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
