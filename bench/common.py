@@ -169,6 +169,24 @@ def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) ->
 # -- waiting ---------------------------------------------------------------------------------
 
 
+def counted_rate(url: str, count: int, send: Callable[[str], None], *, timeout: float, what: str) -> float:
+    """Executions per second: ``send(counter)`` sends ``count`` tasks that each increment the Redis
+    key ``counter`` (on ``url``) once; timed from the first send until the counter reaches ``count``."""
+    import secrets
+
+    import redis
+
+    counter = f"bench:count:{secrets.token_hex(4)}"
+    client = redis.Redis.from_url(url)
+    try:
+        started = time.perf_counter()
+        send(counter)
+        wait_until(lambda: int(client.get(counter) or 0) >= count, timeout=timeout, what=what, interval=0.005)
+        return count / (time.perf_counter() - started)
+    finally:
+        client.close()
+
+
 def wait_until(condition: Callable[[], T], *, timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll ``condition`` until it is truthy; ``TimeoutError`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -32,7 +32,6 @@ if __package__ in (None, ""):
 
 import os
 import secrets
-import time
 from typing import Any
 
 import redis
@@ -102,49 +101,33 @@ def run(run_id: str) -> None:
 
 def floor_round(url: str, count: int) -> float:
     """Skeleton runs per second, first submission to the last outcome's count."""
-    counter = f"floor:count:{secrets.token_hex(4)}"
-    client = redis.Redis.from_url(url)
-    started = time.perf_counter()
-    with app.connection_for_write() as connection, app.producer_or_acquire() as producer:
-        del connection
-        for _ in range(count):
-            submit.apply_async((secrets.token_hex(8), PACKAGE, counter), producer=producer)
-    C.wait_until(
-        lambda: int(client.get(counter) or 0) >= count,
-        timeout=60 + count / 20,
-        what=f"{count} skeleton runs",
-        interval=0.005,
-    )
-    seconds = time.perf_counter() - started
-    client.close()
-    return count / seconds
+
+    def send(counter: str) -> None:
+        with app.connection_for_write() as connection, app.producer_or_acquire() as producer:
+            del connection
+            for _ in range(count):
+                submit.apply_async((secrets.token_hex(8), PACKAGE, counter), producer=producer)
+
+    return C.counted_rate(url, count, send, timeout=60 + count / 20, what=f"{count} skeleton runs")
 
 
 def one_hop_round(url: str, count: int, engine: sa.Engine) -> float:
     """One-hop skeleton runs per second: this process records each run and sends it to the node."""
-    counter = f"floor:count:{secrets.token_hex(4)}"
-    client = redis.Redis.from_url(url)
-    started = time.perf_counter()
-    with app.connection_for_write() as connection, app.producer_or_acquire() as producer:
-        del connection
-        for _ in range(count):
-            run_id = secrets.token_hex(8)
-            with engine.begin() as transaction:
-                transaction.execute(
-                    runs.insert().values(
-                        run_id=run_id, package=PACKAGE, state="queued", epoch=1, counter=counter
+
+    def send(counter: str) -> None:
+        with app.connection_for_write() as connection, app.producer_or_acquire() as producer:
+            del connection
+            for _ in range(count):
+                run_id = secrets.token_hex(8)
+                with engine.begin() as transaction:
+                    transaction.execute(
+                        runs.insert().values(
+                            run_id=run_id, package=PACKAGE, state="queued", epoch=1, counter=counter
+                        )
                     )
-                )
-            run.apply_async((run_id,), producer=producer, queue=RUNS)
-    C.wait_until(
-        lambda: int(client.get(counter) or 0) >= count,
-        timeout=60 + count / 20,
-        what=f"{count} one-hop skeleton runs",
-        interval=0.005,
-    )
-    seconds = time.perf_counter() - started
-    client.close()
-    return count / seconds
+                run.apply_async((run_id,), producer=producer, queue=RUNS)
+
+    return C.counted_rate(url, count, send, timeout=60 + count / 20, what=f"{count} one-hop skeleton runs")
 
 
 def main() -> int:

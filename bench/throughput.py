@@ -76,22 +76,14 @@ def start_baseline_worker(env: C.Environment, url: str) -> None:
 
 def celery_round(url: str, count: int) -> float:
     """Tasks per second for ``count`` no-op tasks, first send to last execution."""
-    counter = f"bench:count:{secrets.token_hex(4)}"
-    client = redis.Redis.from_url(url)
-    started = time.perf_counter()
-    with baseline.connection_for_write() as connection, baseline.producer_or_acquire() as producer:
-        del connection
-        for _ in range(count):
-            noop.apply_async((counter,), producer=producer)
-    C.wait_until(
-        lambda: int(client.get(counter) or 0) >= count,
-        timeout=60 + count / 50,
-        what=f"{count} Celery tasks",
-        interval=0.005,
-    )
-    seconds = time.perf_counter() - started
-    client.close()
-    return count / seconds
+
+    def send(counter: str) -> None:
+        with baseline.connection_for_write() as connection, baseline.producer_or_acquire() as producer:
+            del connection
+            for _ in range(count):
+                noop.apply_async((counter,), producer=producer)
+
+    return C.counted_rate(url, count, send, timeout=60 + count / 50, what=f"{count} Celery tasks")
 
 
 def one_task_package(name: str) -> Any:
