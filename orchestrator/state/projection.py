@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Insert, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,7 +81,8 @@ class Projections:
             entries = read(row.position)
             if not entries:
                 return Batch(0, 0, row.position, None)
-            written = write_records(session, [record for _, record in entries if record is not None])
+            records = [record for _, record in entries if record is not None]
+            written = write_records(session, records, batch=True)
             row.position = entries[-1][0]
             return Batch(len(entries), written, row.position, entries[0][0])
 
@@ -108,6 +110,7 @@ def write_records(
     *,
     log_lines: int = tasklogs.MAX_LINES,
     task_rows: TaskRows | None = None,
+    batch: bool = False,
 ) -> int:
     """Write the records not written yet, in order, with the task states they imply.
 
@@ -119,13 +122,23 @@ def write_records(
     ``task_rows``: the task rows of the ``locked`` runs, read by the caller, who writes them
     after adding changes of its own (an attempt's outcome); the records' task changes are
     made there and not written here. Otherwise the rows are read and written here.
+
+    ``batch``: the records come from the stream after the projection's position (a batch).
+    Those of a run's current attempt, the run still going, are then not looked up among the
+    written events: a batch moves the position past what it writes in the same transaction,
+    and the only other writer, the attempt's outcome, ends the run. (A record appended twice,
+    an append retried after a failover, say, is still stored once: the insert skips a
+    ``source`` the run has.)
     """
     if not records:
         return 0
     locked = dict(locked or {})
     others = sorted({record.run_id for record in records} - set(locked))
     runs = {**locked, **(_lock_runs(session, others) if others else {})}
-    written = _written(session, list(runs), records) | tasklogs.written_sources(session, list(runs), records)
+    dialect = session.get_bind().dialect.name
+    looked_up = _to_look_up(records, runs) if batch and dialect in _SKIPS_DUPLICATES else records
+    run_ids = list(runs)
+    written = _written(session, run_ids, looked_up) | tasklogs.written_sources(session, run_ids, records)
     rows = _Rows()
     changes: list[tuple[Record, TaskChange, bool]] = []
     new = 0
@@ -147,7 +160,7 @@ def write_records(
         if record.kind is not None or record.type == tasklogs.LOG:
             written.add((record.run_id, record.source))
     if rows.events:
-        session.execute(insert(Event), rows.events)
+        session.execute(_insert_events(dialect), rows.events)
     logs = tasklogs.not_dropped(session, rows.logs) if rows.logs else []
     if logs:
         session.execute(insert(TaskLog), logs)
@@ -176,6 +189,33 @@ def _lock_runs(session: Session, run_ids: list[str]) -> dict[str, tuple[int, Run
     """The runs' current attempt and state, their rows locked in id order (no deadlock)."""
     query = select(Run.id, Run.attempt, Run.state).where(Run.id.in_(run_ids)).order_by(Run.id)
     return {run_id: (attempt, state) for run_id, attempt, state in session.execute(query.with_for_update())}
+
+
+def _to_look_up(records: Sequence[Record], runs: Mapping[str, tuple[int, RunState]]) -> list[Record]:
+    """A batch's records that may be in SQL already: of a run that ended (the outcome writes the
+    records the batches had not reached), or of an earlier attempt."""
+    found = []
+    for record in records:
+        run = runs.get(record.run_id)
+        if run is not None and (record.attempt != run[0] or run[1].finished):
+            found.append(record)
+    return found
+
+
+_SKIPS_DUPLICATES = ("postgresql", "sqlite")
+"""Databases whose events INSERT skips a ``source`` the run already has (``ON CONFLICT DO NOTHING``);
+elsewhere a batch looks every record up first."""
+
+
+def _insert_events(dialect: str) -> Insert:
+    """The events' INSERT (plain Core: the ORM's bulk path costs a batch more than the rows), one
+    that skips a ``source`` the run already has where the database can say so."""
+    table = cast(Table, Event.__table__)
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["run_id", "source"])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["run_id", "source"])
+    return insert(table)
 
 
 def _written(session: Session, run_ids: list[str], records: Iterable[Record]) -> set[tuple[str, str | None]]:

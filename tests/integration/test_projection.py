@@ -275,8 +275,8 @@ CHILD = textwrap.dedent(
     redis_url, database_url, namespace, marker = sys.argv[1:5]
     real = projection.write_records
 
-    def write_then_hang(session, records):
-        written = real(session, records)
+    def write_then_hang(session, records, **options):
+        written = real(session, records, **options)
         session.flush()  # the rows are sent; the transaction is still open
         Path(marker).touch()
         time.sleep(120)
@@ -418,3 +418,43 @@ def test_an_outcome_reads_its_task_rows_once_and_writes_each_changed_row_once(se
     assert (rows["b"].state, rows["b"].attempt, rows["b"].tries) == (TaskState.SKIPPED, 1, 0)
     kinds = [e.kind for e in repository.events("run-a")]
     assert kinds == ["submitted", "dispatched", "claimed", "task_done", "finished"]
+
+
+def test_a_batch_looks_up_no_events_of_a_running_attempt_and_stores_a_repeated_append_once(
+    setup: Setup,
+) -> None:
+    """A retried append (the first reached Redis, its reply did not) repeats records; the batch
+    writing them has not looked them up (the run's current attempt, still going), yet stores
+    each once, and its later records still count."""
+    setup.repository.mark_claimed("run-a", 1, 1, "n1")
+    stream = setup.stream()
+    first = [setup.record("run-a") for _ in range(5)]
+    assert stream.append("run-a", 1, [r.encode() for r in first]) is not None
+    projector = setup.projector()
+    assert projector.run().written == 5
+    later = [setup.record("run-a") for _ in range(3)]
+    assert stream.append("run-a", 1, [r.encode() for r in first[3:] + later]) is not None
+    engine = setup.engine()
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    done = setup.projector(engine=engine).run()
+
+    assert done.entries == 5
+    assert not [s for s in statements if s.lstrip().startswith("SELECT") and "FROM events" in s], statements
+    setup.judge()  # the two repeated records are stored once, in their first place
+
+
+def test_a_batch_after_the_outcome_finds_the_records_written_and_counts_none(setup: Setup) -> None:
+    setup.repository.mark_claimed("run-a", 1, 1, "n1")
+    stream = setup.stream()
+    records = [setup.record("run-a") for _ in range(4)]
+    assert stream.append("run-a", 1, [r.encode() for r in records]) is not None
+    setup.repository.finish_attempt("run-a", 1, 1, "n1", RunState.SUCCEEDED, None, {}, records=records)
+    engine = setup.engine()
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    assert setup.projector(engine=engine).run().written == 0, "the run ended: its records are looked up"
+    assert [s for s in statements if s.lstrip().startswith("SELECT") and "FROM events" in s]
+    setup.judge()
