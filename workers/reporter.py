@@ -35,6 +35,7 @@ hook returns).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -83,6 +84,7 @@ class AttemptReporter(ExecutionHooks):
         self._buffer: list[Record] = []  # not appended yet
         self._sent: list[tuple[tuple[int, int], Record]] = []  # appended, maybe not in SQL yet
         self._fenced: AttemptFenced | None = None
+        self._due = math.inf  # when the flusher appends the buffer (monotonic; inf: not scheduled)
         self.appends = 0
 
     # -- hooks -------------------------------------------------------------------------
@@ -176,16 +178,20 @@ class AttemptReporter(ExecutionHooks):
         delay: float = FLUSH_DELAY,
     ) -> None:
         """Buffer a record; append it now (``flush``), else within ``delay`` seconds."""
+        due = 0.0 if flush else time.monotonic() + delay
         with self._lock:
             if self._fenced is not None:
                 raise self._fenced
             self._buffer.append(self._record(type_, kind, detail, tasks))
+            scheduled = not flush and self._due <= due  # the buffer goes out soon enough already
+            if not flush and not scheduled:
+                self._due = due
         if flush:
             self._flush()
             if self._fenced is not None:
                 raise self._fenced
-        else:
-            _flusher().schedule(self, delay)
+        elif not scheduled:
+            _flusher().schedule(self, due)
 
     def _record(
         self, type_: str, kind: str | None, detail: dict[str, Any], tasks: tuple[TaskChange, ...]
@@ -209,6 +215,7 @@ class AttemptReporter(ExecutionHooks):
         """Append the buffer in one call; the records stay buffered if Redis fails."""
         with self._append_lock:
             with self._lock:
+                self._due = math.inf  # what is buffered from now on schedules its own append
                 if not self._buffer or self._fenced is not None:
                     return
                 batch, self._buffer = self._buffer, []
@@ -243,9 +250,8 @@ class _Flusher(threading.Thread):
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, weakref.ref[AttemptReporter]]] = {}
 
-    def schedule(self, reporter: AttemptReporter, delay: float) -> None:
-        """Flush ``reporter`` within ``delay`` seconds (sooner if it was already due sooner)."""
-        due = time.monotonic() + delay
+    def schedule(self, reporter: AttemptReporter, due: float) -> None:
+        """Flush ``reporter`` at ``due`` (:func:`time.monotonic`; sooner if it was already due sooner)."""
         with self._cond:
             current = self._due.get(id(reporter))
             if current is None or due < current[0]:

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 FORMAT = 1
+_JSON = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every record (``json.dumps`` with options builds one per call)."""
 
 
 class MalformedRecord(ValueError):
@@ -69,7 +71,7 @@ class TaskChange:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One report of an attempt: an event (``kind`` and ``detail``) and/or task changes."""
 
@@ -109,7 +111,7 @@ class Record:
             body["d"] = self.detail
         if self.tasks:
             body["tasks"] = [change.encode() for change in self.tasks]
-        return json.dumps(body, separators=(",", ":"))
+        return _JSON.encode(body)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Record:

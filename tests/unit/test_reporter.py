@@ -189,3 +189,32 @@ def test_a_resume_lists_the_skipped_tasks_and_marks_them_succeeded() -> None:
         ("a", "succeeded", True),
         ("b", "succeeded", True),
     ]
+
+
+def test_the_flusher_is_told_once_per_append_unless_a_record_is_due_sooner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.reporter as module
+
+    told: list[float] = []
+    real = module._Flusher.schedule
+
+    def counted(self: Any, reporter: AttemptReporter, due: float) -> None:
+        told.append(due)
+        real(self, reporter, due)
+
+    monkeypatch.setattr(module._Flusher, "schedule", counted)
+    monkeypatch.setattr(module, "ITEM_DELAY", 1.0)
+    stream = StubStream()
+    r = reporter(stream)
+    for _ in range(100):  # a long foreach's saves: the first tells the flusher, the rest ride along
+        r.checkpoint_saved(10, 0.001, "item")
+    assert len(told) == 1
+    wait_until(lambda: len(stream.entries) == 100, timeout=5, what="the saves to be appended")
+    assert stream.calls == 1
+    r.task_started("t", None, 1)  # a new buffer: told again
+    r.checkpoint_saved(10, 0.001, "item")  # due later than the start: not told
+    assert len(told) == 2
+    r.checkpoint_saved(10, 0.001, "task")  # due sooner: told
+    assert len(told) == 3 and told[2] < told[1]
+    wait_until(lambda: len(stream.entries) == 103, timeout=5, what="the rest to be appended")
