@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from orchestrator.observability.metrics import enable_multiprocess, serve
 from orchestrator.runtime.broker import WORKER_QUEUES
@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 def default_node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _freeze_inherited(**_: object) -> None:
+    """In a new pool process: leave what it inherited (Celery's worker, started after the node
+    froze its own objects) out of garbage collection. Its full passes would otherwise walk those
+    objects again and again while a long foreach allocates (and write to the pages shared with
+    the node)."""
+    gc.freeze()
 
 
 def serve_worker(services: Services, node: str, concurrency: int, metrics_port: int | None) -> None:
@@ -56,6 +64,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
         log.info("worker node %s ready: %d pool process(es) reading the queues", node, concurrency)
 
     worker_ready.connect(announce_ready, weak=False)
+    worker_process_init.connect(_freeze_inherited, weak=False)
     watch = PoolWatch(files, services.liveness, node)
     watch.start()
     log.info("worker node %s up (concurrency %d)", node, concurrency)
@@ -81,6 +90,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
         )
     finally:
         worker_ready.disconnect(announce_ready)
+        worker_process_init.disconnect(_freeze_inherited)
         watch.stop()
         heartbeat.stop()
         own.close()
