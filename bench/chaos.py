@@ -321,16 +321,14 @@ def check_recovery(report: ChaosReport, histories: list[RunHistory], blows: list
             if attempt.state.value != "lost" or not node:
                 continue  # not lost, or a dispatch no node ever claimed (counted by reason)
             report.lost_attempts += 1
-            began = (attempt.claimed_at or attempt.dispatched_at).timestamp()
-            ended = attempt.ended_at.timestamp() if attempt.ended_at else math.inf
-            blow = next((b for b in by_node[node] if b.at >= began), None)
-            if blow is None or blow.at > ended:
+            fenced = _first(history, ("fenced",), attempt.number, same=True)
+            blow = _blow(attempt, by_node[node], fenced)
+            if blow is None:
                 report.unattributed_losses += 1
                 report.problems.append(
                     f"{history.run_id} attempt {attempt.number} on {node} lost with no blow"
                 )
                 continue
-            fenced = _first(history, ("fenced",), attempt.number, same=True)
             if fenced is not None:
                 report.detection_seconds.append(fenced.at.timestamp() - blow.at)
             back = _first(history, ("resumed",), attempt.number) or _first(
@@ -340,6 +338,23 @@ def check_recovery(report: ChaosReport, histories: list[RunHistory], blows: list
                 report.recovery_seconds.append(back.at.timestamp() - blow.at)
             if back is not None and fenced is not None:
                 report.queued_seconds.append(back.at.timestamp() - fenced.at.timestamp())
+
+
+def _blow(attempt: Any, blows: list[Disruption], fenced: Any) -> Disruption | None:
+    """The blow that lost ``attempt`` (its node's blows in time order), ``None`` if none did.
+
+    A claimed attempt: its node's first blow after the claim. An attempt its node claimed in
+    Redis but not yet in SQL (a blow fell between the two) has no claim time, and may have
+    waited in the queue through earlier blows to its node: its node's last blow before the
+    attempt was fenced (or ended).
+    """
+    ended = attempt.ended_at.timestamp() if attempt.ended_at else math.inf
+    if attempt.claimed_at is not None:
+        blow = next((b for b in blows if b.at >= attempt.claimed_at.timestamp()), None)
+        return blow if blow is not None and blow.at <= ended else None
+    until = min(ended, fenced.at.timestamp() if fenced is not None else math.inf)
+    began = attempt.dispatched_at.timestamp()
+    return next((b for b in reversed(blows) if began <= b.at <= until), None)
 
 
 def _fenced_node(history: RunHistory, number: int) -> str | None:
