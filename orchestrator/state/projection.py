@@ -36,6 +36,7 @@ from orchestrator.state import tasklogs
 from orchestrator.state.models import Event, Projection, Run, TaskLog, TaskRun
 from orchestrator.state.records import Record, TaskChange
 from orchestrator.state.states import RunState, TaskState
+from orchestrator.state.types import among
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def write_records(
     dialect = session.get_bind().dialect.name
     looked_up = _to_look_up(records, runs) if batch and dialect in _SKIPS_DUPLICATES else records
     run_ids = list(runs)
-    written = _written(session, run_ids, looked_up) | tasklogs.written_sources(session, run_ids, records)
+    written = written_events(session, run_ids, looked_up)
+    written |= tasklogs.written_sources(session, run_ids, records)
     rows = _Rows()
     changes: list[tuple[Record, TaskChange, bool]] = []
     new = 0
@@ -218,11 +220,16 @@ def _insert_events(dialect: str) -> Insert:
     return insert(table)
 
 
-def _written(session: Session, run_ids: list[str], records: Iterable[Record]) -> set[tuple[str, str | None]]:
+def written_events(
+    session: Session, run_ids: list[str], records: Iterable[Record]
+) -> set[tuple[str, str | None]]:
+    """The (run, source) of those event ``records`` already in SQL."""
     sources = sorted({record.source for record in records if record.kind is not None})
     if not sources:
         return set()
-    query = select(Event.run_id, Event.source).where(Event.run_id.in_(run_ids), Event.source.in_(sources))
+    query = select(Event.run_id, Event.source).where(
+        among(session, Event.run_id, run_ids), among(session, Event.source, sources)
+    )
     return {(run_id, source) for run_id, source in session.execute(query).all()}
 
 

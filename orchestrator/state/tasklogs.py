@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.state.models import TaskLog, TaskLogTrim
 from orchestrator.state.records import Record
+from orchestrator.state.types import among
 
 LOG = "log"
 """The record type of a log line."""
@@ -68,7 +69,7 @@ def written_sources(session: Session, run_ids: list[str], records: Iterable[Reco
     if not sources:
         return set()
     query = select(TaskLog.run_id, TaskLog.source).where(
-        TaskLog.run_id.in_(run_ids), TaskLog.source.in_(sources)
+        among(session, TaskLog.run_id, run_ids), among(session, TaskLog.source, sources)
     )
     return {(run_id, source) for run_id, source in session.execute(query).all()}
 

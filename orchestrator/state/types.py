@@ -7,11 +7,14 @@ PostgreSQL and reads back the same Python values on both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Dialect, String
+from sqlalchemy import ColumnElement, DateTime, Dialect, String, any_, bindparam
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.types import TypeDecorator
 
 E = TypeVar("E", bound=StrEnum)
@@ -70,3 +73,14 @@ class EnumString(TypeDecorator[E]):
 
     def process_result_value(self, value: Any | None, dialect: Dialect) -> E | None:
         return None if value is None else self.enum_type(value)
+
+
+def among(
+    session: Session, column: ColumnElement[Any] | QueryableAttribute[Any], values: Sequence[str]
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(array)``, one statement text whatever
+    the number of values (an expanding ``IN`` is a new text, converted anew by the driver, for
+    every count: on the path of every attempt's outcome)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(String), unique=True))
+    return column.in_(values)

@@ -458,3 +458,25 @@ def test_a_batch_after_the_outcome_finds_the_records_written_and_counts_none(set
     assert setup.projector(engine=engine).run().written == 0, "the run ended: its records are looked up"
     assert [s for s in statements if s.lstrip().startswith("SELECT") and "FROM events" in s]
     setup.judge()
+
+
+def test_the_outcome_looks_its_records_up_with_one_statement_text_whatever_their_count(setup: Setup) -> None:
+    """On PostgreSQL the lookup is ``= ANY(array)``: the driver converts its text once per process,
+    not once per count of records (an expanding ``IN`` is a new text for every count)."""
+    engine = setup.engine()
+    repository = Repository(engine)
+    lookups: list[str] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda *args: lookups.append(args[2]) if "FROM events" in args[2] else None,
+    )
+    for run_id, count in (("run-a", 1), ("run-b", 4)):
+        repository.mark_claimed(run_id, 1, 1, "n1")
+        records = [setup.record(run_id) for _ in range(count)]
+        repository.finish_attempt(run_id, 1, 1, "n1", RunState.SUCCEEDED, None, {}, records=records)
+
+    assert len(lookups) == 2
+    if engine.dialect.name == "postgresql":
+        assert lookups[0] == lookups[1]
+    setup.judge()
