@@ -254,7 +254,9 @@ class _Flusher(threading.Thread):
         """Flush ``reporter`` at ``due`` (:func:`time.monotonic`; sooner if it was already due sooner)."""
         with self._cond:
             current = self._due.get(id(reporter))
-            if current is None or due < current[0]:
+            # An entry under the same id may be a reporter gone since (an ended attempt's, its id
+            # reused): it is replaced, or this reporter, told once per buffer, would never flush.
+            if current is None or due < current[0] or current[1]() is not reporter:
                 self._due[id(reporter)] = (due, weakref.ref(reporter))
                 self._cond.notify()
 

@@ -218,3 +218,23 @@ def test_the_flusher_is_told_once_per_append_unless_a_record_is_due_sooner(
     r.checkpoint_saved(10, 0.001, "task")  # due sooner: told
     assert len(told) == 3 and told[2] < told[1]
     wait_until(lambda: len(stream.entries) == 103, timeout=5, what="the rest to be appended")
+
+
+def test_a_reporter_whose_id_an_ended_one_had_is_still_flushed() -> None:
+    """An ended attempt's reporter can go while the flusher still holds it (due soon); the next
+    reporter may get its id. Its records must still be appended when due."""
+    import weakref
+
+    import workers.reporter as module
+
+    flusher = module._flusher()
+    stream = StubStream()
+    r = reporter(stream)
+    gone = reporter(StubStream())
+    ref = weakref.ref(gone)
+    del gone
+    assert ref() is None
+    with flusher._cond:  # the ended reporter's entry, under the id r now has, due before r's record
+        flusher._due[id(r)] = (time.monotonic() + 0.01, ref)
+    r.task_started("t", None, 1)  # due in FLUSH_DELAY, after the ended reporter's entry
+    wait_until(lambda: len(stream.entries) == 1, timeout=5, what="the record to be appended")
