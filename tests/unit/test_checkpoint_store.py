@@ -33,6 +33,7 @@ from checkpoints import (
     validate_run_id,
 )
 from checkpoints.s3 import S3CheckpointStore
+from tests.support.moto import NOT_ATOMIC
 from tests.support.seaweed import objects
 
 PACKAGE = "etl-daily"
@@ -258,7 +259,11 @@ def test_next_epoch_counts_up_from_the_recorded_epoch(store: CheckpointStore) ->
         store.save(make(epoch=20))
 
 
-def test_next_epoch_from_many_threads_never_repeats(store: CheckpointStore) -> None:
+def test_next_epoch_from_many_threads_never_repeats(
+    store: CheckpointStore, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params.get("backend") == "s3-moto":
+        pytest.skip(NOT_ATOMIC)  # 8 threads racing conditional writes: seen hanging with moto 5.2.5
     threads, calls = 8, 40
     results: list[list[int]] = [[] for _ in range(threads)]
     barrier = threading.Barrier(threads)
