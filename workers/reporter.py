@@ -178,19 +178,19 @@ class AttemptReporter(ExecutionHooks):
         delay: float = FLUSH_DELAY,
     ) -> None:
         """Buffer a record; append it now (``flush``), else within ``delay`` seconds."""
-        due = 0.0 if flush else time.monotonic() + delay
+        due = time.monotonic() + delay
         with self._lock:
             if self._fenced is not None:
                 raise self._fenced
             self._buffer.append(self._record(type_, kind, detail, tasks))
-            scheduled = not flush and self._due <= due  # the buffer goes out soon enough already
-            if not flush and not scheduled:
+            sooner = not flush and due < self._due  # else the buffer goes out soon enough already
+            if sooner:
                 self._due = due
         if flush:
             self._flush()
             if self._fenced is not None:
                 raise self._fenced
-        elif not scheduled:
+        elif sooner:
             _flusher().schedule(self, due)
 
     def _record(
@@ -248,34 +248,35 @@ class _Flusher(threading.Thread):
         super().__init__(name="event-flusher", daemon=True)
         self.pid = os.getpid()
         self._cond = threading.Condition()
-        self._due: dict[int, tuple[float, weakref.ref[AttemptReporter]]] = {}
+        # Held weakly: an ended attempt's reporter leaves with its entry (keyed by its id, the
+        # entry would be taken for that of a new reporter given the same id, never flushed).
+        self._due: weakref.WeakKeyDictionary[AttemptReporter, float] = weakref.WeakKeyDictionary()
 
     def schedule(self, reporter: AttemptReporter, due: float) -> None:
         """Flush ``reporter`` at ``due`` (:func:`time.monotonic`; sooner if it was already due sooner)."""
         with self._cond:
-            current = self._due.get(id(reporter))
-            # An entry under the same id may be a reporter gone since (an ended attempt's, its id
-            # reused): it is replaced, or this reporter, told once per buffer, would never flush.
-            if current is None or due < current[0] or current[1]() is not reporter:
-                self._due[id(reporter)] = (due, weakref.ref(reporter))
+            current = self._due.get(reporter)
+            if current is None or due < current:
+                self._due[reporter] = due
                 self._cond.notify()
 
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._due:
+                first = min(self._due.values(), default=None)
+                if first is None:
                     self._cond.wait()
-                first = min(due for due, _ in self._due.values())
+                    continue
                 wait = first - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
                 now = time.monotonic()
-                ready = [key for key, (due, _) in self._due.items() if due <= now]
-                reporters = [self._due.pop(key)[1]() for key in ready]
+                reporters = [reporter for reporter, due in list(self._due.items()) if due <= now]
+                for reporter in reporters:
+                    del self._due[reporter]
             for reporter in reporters:
-                if reporter is not None:
-                    self._flush(reporter)
+                self._flush(reporter)
 
     @staticmethod
     def _flush(reporter: AttemptReporter) -> None:
