@@ -136,8 +136,8 @@ def write_records(
     locked = dict(locked or {})
     others = sorted({record.run_id for record in records} - set(locked))
     runs = {**locked, **(_lock_runs(session, others) if others else {})}
-    dialect = session.get_bind().dialect.name
-    looked_up = _to_look_up(records, runs) if batch and dialect in _SKIPS_DUPLICATES else records
+    skipping = _INSERT_SKIPPING_WRITTEN.get(session.get_bind().dialect.name)
+    looked_up = _to_look_up(records, runs) if batch and skipping is not None else records
     run_ids = list(runs)
     written = written_events(session, run_ids, looked_up)
     written |= tasklogs.written_sources(session, run_ids, records)
@@ -162,7 +162,7 @@ def write_records(
         if record.kind is not None or record.type == tasklogs.LOG:
             written.add((record.run_id, record.source))
     if rows.events:
-        session.execute(_insert_events(dialect), rows.events)
+        session.execute(skipping if skipping is not None else EVENT_INSERT, rows.events)
     logs = tasklogs.not_dropped(session, rows.logs) if rows.logs else []
     if logs:
         session.execute(insert(TaskLog), logs)
@@ -204,20 +204,16 @@ def _to_look_up(records: Sequence[Record], runs: Mapping[str, tuple[int, RunStat
     return found
 
 
-_SKIPS_DUPLICATES = ("postgresql", "sqlite")
-"""Databases whose events INSERT skips a ``source`` the run already has (``ON CONFLICT DO NOTHING``);
-elsewhere a batch looks every record up first."""
-
-
-def _insert_events(dialect: str) -> Insert:
-    """The events' INSERT (plain Core: the ORM's bulk path costs a batch more than the rows), one
-    that skips a ``source`` the run already has where the database can say so."""
-    table = cast(Table, Event.__table__)
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["run_id", "source"])
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["run_id", "source"])
-    return insert(table)
+_EVENTS = cast(Table, Event.__table__)
+EVENT_INSERT = insert(_EVENTS)
+"""An event's plain Core INSERT, executed with its values as parameters (the ORM's bulk path costs
+a batch more than its rows)."""
+_INSERT_SKIPPING_WRITTEN: dict[str, Insert] = {
+    "postgresql": postgresql.insert(_EVENTS).on_conflict_do_nothing(index_elements=["run_id", "source"]),
+    "sqlite": sqlite.insert(_EVENTS).on_conflict_do_nothing(index_elements=["run_id", "source"]),
+}
+"""By database, the events' INSERT that skips a ``source`` the run already has; elsewhere a batch
+looks every record up first and inserts with :data:`EVENT_INSERT`."""
 
 
 def written_events(

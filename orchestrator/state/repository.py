@@ -28,7 +28,7 @@ from orchestrator.packages.model import Package
 from orchestrator.state.engine import session_factory
 from orchestrator.state.models import Attempt, AttemptState, Event, Node, NodeState, Run, TaskRun
 from orchestrator.state.models import Package as PackageRow
-from orchestrator.state.projection import TaskRows, write_records, written_events
+from orchestrator.state.projection import EVENT_INSERT, TaskRows, write_records, written_events
 from orchestrator.state.records import Record
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.types import utcnow
@@ -107,7 +107,7 @@ class Repository:
         """:meth:`_event` as one plain INSERT, for the paths every attempt takes (claim, outcome):
         one statement made once, its values given as parameters (no statement built per call)."""
         session.execute(
-            _EVENT_INSERT,
+            EVENT_INSERT,
             {"run_id": run_id, "at": at, "kind": kind, "node": node, "attempt": attempt, "detail": detail},
         )
 
@@ -534,10 +534,6 @@ def _event_row(
     run_id: str, kind: str, at: datetime, attempt: int | None, detail: dict[str, Any]
 ) -> dict[str, Any]:
     return {"run_id": run_id, "at": at, "kind": kind, "node": None, "attempt": attempt, "detail": detail}
-
-
-_EVENT_INSERT = insert(cast(Table, Event.__table__))
-"""An event's INSERT (:meth:`Repository._insert_event`), executed with its values as parameters."""
 
 
 def _claim_run(run_id: str, epoch: int, node: str, now: datetime) -> Any:
