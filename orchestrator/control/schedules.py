@@ -4,7 +4,9 @@ Each evaluation (about once a second, on the Redis server's clock) takes the
 schedules whose next slot is due, claims each one in SQL (a short claim that
 expires: :mod:`orchestrator.state.schedules`), plans its due slots by its
 catch-up policy (:func:`~orchestrator.control.slots.plan`), and handles them in
-order, moving the cursor past each slot once it is handled.
+order, moving the cursor past each slot once it is handled. Late slots (catch-up
+after downtime) wait until every due schedule's on-time slots have fired in that
+evaluation: one schedule's backlog never makes another's slots late.
 
 A slot fires as a submission through the scheduler's own path
 (:meth:`~orchestrator.control.scheduler.Scheduler.submit`) with the run id
@@ -90,42 +92,57 @@ class ScheduleRunner:
         return self.clock() + timedelta(seconds=self.claim_seconds)
 
     def tick(self, now: datetime) -> None:
-        """Evaluate every due schedule at ``now`` (the Redis server's time)."""
-        self._now, self._started = now, time.monotonic()
-        for name in self.store.due(now):
-            try:
-                self.evaluate(name)
-            except OrchestratorError as exc:
-                log.error("schedule %s not evaluated: %s", name, exc)
+        """Evaluate every due schedule at ``now`` (the Redis server's time).
 
-    def evaluate(self, name: str) -> None:
+        Every schedule's on-time slots fire first; late slots (catch-up) only then, so a
+        schedule catching up on its downtime does not make another's on-time slot late.
+        """
+        self._now, self._started = now, time.monotonic()
+        behind = [name for name in self.store.due(now) if self._evaluate(name, catch_up=False)]
+        for name in behind:
+            self._evaluate(name, catch_up=True)
+
+    def _evaluate(self, name: str, *, catch_up: bool) -> bool:
+        try:
+            return self.evaluate(name, catch_up=catch_up)
+        except OrchestratorError as exc:
+            log.error("schedule %s not evaluated: %s", name, exc)
+            return False
+
+    def evaluate(self, name: str, *, catch_up: bool = True) -> bool:
+        """Fire the schedule's due slots; without ``catch_up``, stop at its first late slot.
+
+        True when it stopped there, with late slots left to fire.
+        """
         row = self.store.claim(name, self.owner, self.clock(), self._until())
         if row is None:
-            return  # another scheduler holds it, or it was paused or removed meanwhile
+            return False  # another scheduler holds it, or it was paused or removed meanwhile
         try:
-            self._evaluate_claimed(row)
+            behind = self._evaluate_claimed(row, catch_up)
         except Exception:
             self.store.release(name, self.owner)
             raise
         # Not in a finally: a scheduler killed mid-fire leaves its claim to expire, and so do we.
         self.store.release(name, self.owner)
+        return behind
 
-    def _evaluate_claimed(self, row: Schedule) -> None:
+    def _evaluate_claimed(self, row: Schedule, catch_up: bool) -> bool:
         for result in SCHEDULE_RESULTS:  # every series exists from 0, so increase() sees the first
             metrics().schedule_runs.labels(schedule=bounded("schedule", row.name), result=result)
         timing = Timing(row.cron, row.every_seconds, row.timezone)
         cursor = _Cursor(row, timing, row.next_slot_at, row.last_run_id, row.queued_slot_at)
         if cursor.queued is not None:
             self._release_queued(cursor)
-        self._advance_slots(cursor)
+        return self._advance_slots(cursor, catch_up)
 
     # -- the cursor's slots ------------------------------------------------------------------------
 
-    def _advance_slots(self, cursor: _Cursor) -> None:
+    def _advance_slots(self, cursor: _Cursor, catch_up: bool) -> bool:
+        """Handle the planned slots in order; True when it stopped at a late one (no ``catch_up``)."""
         row = cursor.row
         if cursor.at is None:  # new, resumed or re-timed: it starts at its next slot from now
             self._move(cursor, cursor.timing.next_after(self._now))
-            return
+            return False
         # What is due is decided at the tick's time; a slot falling due meanwhile waits for the next.
         todo = plan(
             cursor.timing, cursor.at, self._now, row.catchup, self.settings.schedule_grace, FIRE_LIMIT
@@ -142,11 +159,14 @@ class ScheduleRunner:
         for due in todo.fire:
             # Over the missed slots first: then only the slot at the cursor can have a run.
             if due.at != cursor.at and not self._move(cursor, due.at):
-                return
+                return False
+            if due.late and not catch_up:
+                return True  # planned again from here, at the same time, once the others have fired
             if not self._handle(cursor, due):
-                return
+                return False
         if cursor.at != todo.cursor:
             self._move(cursor, todo.cursor)
+        return False
 
     def _handle(self, cursor: _Cursor, due: Due) -> bool:
         """Fire, skip or queue the slot at the cursor; False when the claim was lost."""

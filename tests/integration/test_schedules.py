@@ -237,6 +237,28 @@ def test_latest_runs_the_most_recent_missed_slot_when_nothing_is_on_time(harness
         assert ScheduleStore(harness.repo.sessions).get(f"c-{catchup.value}").next_slot_at == at(660)
 
 
+def test_every_schedules_on_time_slots_fire_before_any_catch_up(harness: Harness) -> None:
+    """A schedule catching up on downtime does not make another's on-time slots wait behind it."""
+    add(harness, name="a-all", catchup=CatchUp.ALL, overlap=Overlap.ALLOW)
+    add(harness, name="b-latest", every_seconds=60, catchup=CatchUp.LATEST, overlap=Overlap.ALLOW)
+    add(harness, name="z-none", catchup=CatchUp.NONE, overlap=Overlap.ALLOW)
+    ops = operations(harness, "s1")
+    start(ops, -0.5)  # cursors: T0 (every second), T0 (every minute)
+    ops.schedules.tick(at(0.1))
+    before = metrics().schedule_runs.labels(schedule="b-latest", result="missed")._value.get()
+    # Down from 0.1 s to 125.5 s: slots up to 122 are late, 123..125 on time (grace 3 s).
+    ops.schedules.tick(at(125.5))
+    order = [m.run_id for m in harness.messages()][3:]  # after the slots of T0
+    on_time = [slot_run_id(name, at(n)) for name in ("a-all", "z-none") for n in (123, 124, 125)]
+    late = [r for r in order if r not in on_time]
+    assert order.index(slot_run_id("z-none", at(123))) < order.index(late[0]), order[:10]
+    assert slots_fired(harness, "z-none") == [T0, at(123), at(124), at(125)]
+    assert slots_fired(harness, "a-all") == [at(n) for n in range(101)], "all, FIRE_LIMIT a tick"
+    assert slots_fired(harness, "b-latest") == [T0, at(120)]  # the latest late slot, once
+    missed = metrics().schedule_runs.labels(schedule="b-latest", result="missed")._value.get() - before
+    assert missed == 1, "the minute at 60 s, counted once though planned twice"
+
+
 # -- overlap ------------------------------------------------------------------------------------------
 
 
