@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from orchestrator.errors import Issue
-from orchestrator.packages.flowcheck import HANDLER_SECTIONS, constraint_task, flow_issues
+from orchestrator.packages.flowcheck import HANDLER_SECTIONS, Ancestors, constraint_task, flow_issues
 from orchestrator.packages.kinds import VariableType
 from orchestrator.packages.templating import EXPRESSION, TemplateError, parse_expression
 
@@ -35,9 +35,10 @@ def graph_issues(data: Any) -> list[Issue]:
     variables = data.get("variables", {})
     # variables that are not a mapping are already an error: no "unknown variable" noise
     declared = dict(variables) if isinstance(variables, Mapping) else None
-    issues.extend(_template_issues(tasks, graph, declared))
-    issues.extend(write_issues(tasks, graph, declared, data.get("max_concurrency")))
-    issues.extend(flow_issues(data, graph, declared, _ancestors))
+    ancestors = _Ancestry()
+    issues.extend(_template_issues(tasks, graph, declared, ancestors))
+    issues.extend(write_issues(tasks, graph, declared, data.get("max_concurrency"), ancestors))
+    issues.extend(flow_issues(data, graph, declared, ancestors))
     for section in HANDLER_SECTIONS:
         handlers = data.get(section)
         if isinstance(handlers, list):
@@ -202,8 +203,25 @@ def _ancestors(graph: dict[str, list[str]], task_id: str) -> set[str]:
     return seen
 
 
+class _Ancestry:
+    """:func:`_ancestors` of one graph, each task's found once and only when asked for.
+
+    A package is parsed on every first attempt of a run: a chain of n tasks would otherwise
+    cost n walks of up to n tasks, for templates that most tasks do not have.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[str, set[str]] = {}
+
+    def __call__(self, graph: dict[str, list[str]], task_id: str) -> set[str]:
+        found = self._found.get(task_id)
+        if found is None:
+            found = self._found[task_id] = _ancestors(graph, task_id)
+        return found
+
+
 def _template_issues(
-    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None
+    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None, ancestors: _Ancestry
 ) -> list[Issue]:
     """Templates that are not lookups or name an unknown variable or a non-upstream task.
 
@@ -215,9 +233,14 @@ def _template_issues(
         if not isinstance(task, Mapping):
             continue
         task_id = task.get("id")
-        upstream = _ancestors(graph, task_id) if isinstance(task_id, str) else set()
-        for field in ("params", "shell", "foreach"):
-            for where, text in _strings(task.get(field), f"tasks[{position}].{field}"):
+        strings = [
+            found
+            for field in ("params", "shell", "foreach")
+            for found in _strings(task.get(field), f"tasks[{position}].{field}")
+        ]
+        if strings:
+            upstream = ancestors(graph, task_id) if isinstance(task_id, str) else set()
+            for where, text in strings:
                 issues.extend(_reference_issues(where, text, upstream, variables))
         issues.extend(_foreach_type_issues(task, position, variables))
         issues.extend(_quoted_in_shell(task.get("shell"), position))
@@ -324,7 +347,11 @@ def _foreach_type_issues(
 
 
 def write_issues(
-    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None, max_concurrency: Any
+    tasks: list[Any],
+    graph: dict[str, list[str]],
+    variables: dict[str, Any] | None,
+    max_concurrency: Any,
+    ancestors: Ancestors = _ancestors,
 ) -> list[Issue]:
     """``writes`` naming unknown variables, or a variable two units that may run at once both write.
 
@@ -357,16 +384,20 @@ def write_issues(
                     "(return outputs instead, or set concurrency: 1)",
                 )
             )
-    issues.extend(_overlapping_writes(writers, graph))
+    issues.extend(_overlapping_writes(writers, graph, ancestors))
     return issues
 
 
-def _overlapping_writes(writers: list[tuple[int, str, set[str]]], graph: dict[str, list[str]]) -> list[Issue]:
+def _overlapping_writes(
+    writers: list[tuple[int, str, set[str]]],
+    graph: dict[str, list[str]],
+    ancestors: Ancestors,
+) -> list[Issue]:
     issues: list[Issue] = []
     for index, (position, task_id, names) in enumerate(writers):
         for _, other, other_names in writers[:index]:
             shared = sorted(names & other_names)
-            related = other in _ancestors(graph, task_id) or task_id in _ancestors(graph, other)
+            related = other in ancestors(graph, task_id) or task_id in ancestors(graph, other)
             if shared and not related and task_id != other:
                 issues.append(
                     Issue(

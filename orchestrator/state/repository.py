@@ -356,8 +356,9 @@ class Repository:
 
         On every attempt's path, so three plain statements rather than the ORM's unit of work:
         the run's row is updated only while its epoch is ``epoch`` and it has not ended (the
-        update locks it), then the attempt's row and the ``claimed`` event. A run that is not
-        claimable raises as :meth:`fenced` does.
+        update locks it), then the attempt's row and the ``claimed`` event; and the package's
+        definition, unless this process has it already (:meth:`definition` then reads it from
+        memory). A run that is not claimable raises as :meth:`fenced` does.
         """
         now = utcnow()
         with self.sessions.begin() as session:
@@ -365,6 +366,11 @@ class Repository:
             if claimed is not None:
                 session.execute(_claim_attempt(run_id, attempt, node, now))
                 self._insert_event(session, run_id, "claimed", now, node=node, attempt=attempt, epoch=epoch)
+                key = (claimed.package, claimed.definition_hash)
+                if key not in self._definitions:  # definition() then reads it from memory
+                    row = session.get(PackageRow, key)
+                    if row is not None:
+                        self._remember(key, row.definition)
         if claimed is None:  # nothing was changed; say why, as fenced() does
             with self.fenced(run_id, epoch):  # raises: no such run, a newer epoch, or it ended
                 pass

@@ -420,6 +420,26 @@ def test_an_outcome_reads_its_task_rows_once_and_writes_each_changed_row_once(se
     assert kinds == ["submitted", "dispatched", "claimed", "task_done", "finished"]
 
 
+def test_a_claim_brings_the_package_definition_that_the_attempt_reads_next(setup: Setup) -> None:
+    """A process that has not seen the package yet (a pool process's first attempt) reads its
+    definition in the claim's transaction: the attempt's read of it is no statement of its own."""
+    setup.repository.register_package(PACKAGE)
+    engine = setup.engine()
+    repository = Repository(engine)  # a new process's: nothing remembered
+    transactions = commits(engine)
+    run = repository.mark_claimed("run-a", 1, 1, "n1")
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    definition = repository.definition(run.package, run.definition_hash)
+
+    assert statements == []
+    assert len(transactions) == 1, "the claim is one transaction"
+    assert parse_package(definition) == PACKAGE
+    definition["tasks"].clear()  # a caller's copy: what is remembered stays whole
+    assert parse_package(repository.definition(run.package, run.definition_hash)) == PACKAGE
+
+
 def test_a_batch_looks_up_no_events_of_a_running_attempt_and_stores_a_repeated_append_once(
     setup: Setup,
 ) -> None:
