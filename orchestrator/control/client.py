@@ -47,7 +47,7 @@ class Client:
         idempotency_key: str | None = None,
     ) -> str:
         """Validate the variables here (bad input never reaches the queue) and send the run."""
-        return self._send(package, package.model_dump(mode="json"), None, variables, run_id, idempotency_key)
+        return self._send(package, package.to_dict(), None, variables, run_id, idempotency_key)
 
     def submit_deployed(
         self,

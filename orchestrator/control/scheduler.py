@@ -70,7 +70,6 @@ class Scheduler:
         except (ValidationError, InvalidInput, ValueError) as exc:
             self._refuse(run_id, payload, exc)
             return None
-        repo.register_package(package)
         return self._create(message, resolved)
 
     def _create(self, message: SubmitMessage, resolved: Resolved) -> str:

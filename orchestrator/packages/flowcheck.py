@@ -44,7 +44,7 @@ def flow_issues(
     issues: list[Issue] = []
     for position, task in enumerate(tasks):
         task_id = task.get("id") if isinstance(task, Mapping) else None
-        if isinstance(task_id, str) and "when" in task:
+        if isinstance(task_id, str) and task.get("when") is not None:  # null: no condition (as dumped)
             upstream = ancestors(graph, task_id)
             issues.extend(condition_issues(task["when"], f"tasks[{position}].when", variables, upstream))
     issues.extend(_handler_issues(data, set(graph), variables))

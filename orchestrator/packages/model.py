@@ -246,6 +246,8 @@ class Package(_Strict):
         return copied
 
     def to_dict(self) -> dict[str, Any]:
+        """The definition as written, defaults left out: what submissions carry and SQL stores
+        (parsed again, it is the same package; a 100-task chain dumps to under a third of the bytes)."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
 

@@ -71,9 +71,7 @@ class Catalog:
                 return self._deployed(latest, package.description), False
             if session.get(PackageRow, (package.name, digest)) is None:
                 session.add(
-                    PackageRow(
-                        name=package.name, definition_hash=digest, definition=package.model_dump(mode="json")
-                    )
+                    PackageRow(name=package.name, definition_hash=digest, definition=package.to_dict())
                 )
                 session.flush()
             row = PackageVersion(

@@ -35,6 +35,7 @@ from orchestrator.control.stream import ENTRY_RECORDS, EventStream, parse_id
 from orchestrator.packages.validation import parse_package
 from orchestrator.state import make_engine, upgrade
 from orchestrator.state.models import Event
+from orchestrator.state.models import Package as PackageRow
 from orchestrator.state.projection import Projections
 from orchestrator.state.records import Record, TaskChange
 from orchestrator.state.repository import Repository
@@ -418,6 +419,29 @@ def test_an_outcome_reads_its_task_rows_once_and_writes_each_changed_row_once(se
     assert (rows["b"].state, rows["b"].attempt, rows["b"].tries) == (TaskState.SKIPPED, 1, 0)
     kinds = [e.kind for e in repository.events("run-a")]
     assert kinds == ["submitted", "dispatched", "claimed", "task_done", "finished"]
+
+
+def test_a_run_of_a_new_package_is_created_with_its_definition_in_one_transaction(setup: Setup) -> None:
+    """The definition is registered by the run's creation; a second scheduler that has not seen
+    it either creates its run of the same package too (the row is there once)."""
+    package = parse_package(
+        {"name": "fresh", "tasks": [{"id": "a", "shell": "true"}, {"id": "b", "shell": "true"}]}
+    )
+    engines = [setup.engine(), setup.engine()]
+    first, second = (Repository(engine) for engine in engines)
+    transactions = commits(engines[0])
+
+    assert first.create_run("fresh-1", package, {}, max_restarts=1, epoch=1) == ("fresh-1", True)
+    assert len(transactions) == 1
+    assert second.create_run("fresh-2", package, {}, max_restarts=1, epoch=1) == ("fresh-2", True)
+    assert first.create_run("fresh-3", package, {}, max_restarts=1, epoch=1) == ("fresh-3", True)
+    assert len(transactions) == 2, "a definition this process registered is not written again"
+
+    reader = Repository(setup.engine())
+    assert parse_package(reader.definition("fresh", package.definition_hash)) == package
+    with reader.sessions() as session:
+        rows = session.execute(select(func.count()).select_from(PackageRow).where(PackageRow.name == "fresh"))
+        assert rows.scalar_one() == 1
 
 
 def test_a_claim_brings_the_package_definition_that_the_attempt_reads_next(setup: Setup) -> None:

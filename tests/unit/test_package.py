@@ -18,6 +18,7 @@ from orchestrator.packages.builder import PackageBuilder
 from orchestrator.packages.kinds import CheckpointUsage, VariableType
 from orchestrator.packages.model import Package
 from orchestrator.packages.validation import load_package, parse_package
+from tests.support.processes import ROOT
 
 # The example of design.md, "Package format", verbatim.
 DESIGN_EXAMPLE = """\
@@ -151,6 +152,17 @@ def test_builder_gives_the_same_model_and_hash_as_yaml(yaml_file: Path) -> None:
 def test_to_dict_round_trips(yaml_file: Path) -> None:
     package = load_package(yaml_file)
     assert parse_package(package.to_dict()) == package
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_the_same_package_from_its_stored_definition(example: Path) -> None:
+    """What submissions carry and SQL stores (:meth:`Package.to_dict`) parses to the same package,
+    under the same hash (a checkpoint written by one attempt fits the next)."""
+    package = load_package(example)
+    stored = json.loads(json.dumps(package.to_dict()))
+    again = parse_package(stored)
+    assert again == package
+    assert again.definition_hash == package.definition_hash
 
 
 @pytest.mark.parametrize(
