@@ -14,6 +14,7 @@ current master: after a failover, the next command reconnects to the new one).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -22,6 +23,22 @@ import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 SCHEME = "sentinel"
+
+
+def _without_client_info() -> dict[str, Any]:
+    """Connection options that skip redis-py's ``CLIENT SETINFO`` on every new connection.
+
+    redis-py sends two of them after connecting, each with its version read from the package
+    metadata again; a server before 7.2 refuses both. A new pool process pays that on each of
+    its first connections, on the first attempt it runs: after a node loss, on every one of the
+    runs it takes over at once. (``driver_info`` since redis-py 7; ``lib_name``/``lib_version``
+    before, deprecated since.)
+    """
+    accepted = inspect.signature(redis.connection.AbstractConnection.__init__).parameters
+    return {"driver_info": None} if "driver_info" in accepted else {"lib_name": None, "lib_version": None}
+
+
+NO_CLIENT_INFO = _without_client_info()
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,8 @@ class SentinelUrl:
     def client(self, *, single_connection_client: bool = False, **kwargs: Any) -> redis.Redis:
         """A client of the current master."""
         sentinel_kwargs: dict[str, Any] = {
-            key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout") if key in kwargs
+            **NO_CLIENT_INFO,
+            **{key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout") if key in kwargs},
         }
         if self.sentinel_password is not None:
             sentinel_kwargs["password"] = self.sentinel_password
@@ -115,6 +133,7 @@ def parse_sentinel(url: str) -> SentinelUrl:
 def connect(url: str, **kwargs: Any) -> redis.Redis:
     """A redis-py client for any broker URL (``single_connection_client`` and connection options
     such as ``redis_connect_func`` are honoured for both kinds)."""
+    kwargs = {**NO_CLIENT_INFO, **kwargs}
     if is_sentinel(url):
         return parse_sentinel(url).client(**kwargs)
     return redis.Redis.from_url(url, **kwargs)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from redis.connection import AbstractConnection
 
 from orchestrator.runtime.broker import create_app
-from orchestrator.runtime.redisurl import is_sentinel, parse_sentinel
+from orchestrator.runtime.redisurl import connect, is_sentinel, parse_sentinel
 
 
 def test_a_sentinel_url_names_its_sentinels_master_database_and_passwords() -> None:
@@ -52,3 +53,23 @@ def test_the_celery_app_uses_kombus_sentinel_transport() -> None:
     assert options["queue_order_strategy"] == "priority", "the recovery queue is read first"
     assert not is_sentinel("redis://h1:6379/0")
     assert create_app("redis://h1:6379/0").conf.broker_url == "redis://h1:6379/0"
+
+
+def test_a_new_connection_sends_only_what_it_needs(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``CLIENT SETINFO`` (two round trips, refused before Redis 7.2, and a read of the
+    package metadata each): every new pool process opens its connections on its first attempt."""
+    sent: list[tuple[object, ...]] = []
+    original = AbstractConnection.send_command
+
+    def recording(self: AbstractConnection, *args: object, **kwargs: object) -> None:
+        sent.append(args[:2])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_command", recording)
+    client = connect(redis_url)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    assert ("CLIENT", "SETINFO") not in sent
+    assert sent[-1][:1] == ("PING",)
