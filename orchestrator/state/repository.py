@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Insert, Table, func, insert, or_, select, update
+from sqlalchemy import Engine, Insert, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -384,9 +384,9 @@ class Repository:
         """
         now = utcnow()
         with self.sessions.begin() as session:
-            claimed = session.execute(_claim_run(run_id, epoch, node, now)).one_or_none()
+            claimed = _claim_run(session, run_id, epoch, node, now)
             if claimed is not None:
-                session.execute(_claim_attempt(run_id, attempt, node, now))
+                _claim_attempt(session, run_id, attempt, node, now)
                 self._insert_event(session, run_id, "claimed", now, node=node, attempt=attempt, epoch=epoch)
                 key = (claimed.package, claimed.definition_hash)
                 if key not in self._definitions:  # definition() then reads it from memory
@@ -411,14 +411,14 @@ class Repository:
         """
         now = utcnow()
         with self.sessions() as session:
-            session.execute(_claim_run("", 0, "", now)).all()
-            session.execute(_claim_attempt("", 0, "", now))
+            _claim_run(session, "", 0, "", now)
+            _claim_attempt(session, "", 0, "", now)
             session.get(PackageRow, ("", ""))  # the package's definition, on a first attempt
-            session.execute(_lock_outcome("")).all()
+            _lock_outcome(session, "")
             TaskRows(session, [""])
             written_events(session, [""], [Record("event", "", 0, 0, "", 0, 0.0, "warm")])
-            session.execute(_end_run("", RunState.SUCCEEDED, None, now))
-            session.execute(_end_attempt("", 0, RunState.SUCCEEDED, None, now))
+            _end_run(session, "", RunState.SUCCEEDED, None, now)
+            _end_attempt(session, "", 0, RunState.SUCCEEDED, None, now)
             session.rollback()
 
     def finish_attempt(
@@ -443,7 +443,7 @@ class Repository:
         update), the run's and the attempt's rows updated, and the ``finished`` event.
         """
         with self.sessions.begin() as session:
-            current = session.execute(_lock_outcome(run_id)).one_or_none()
+            current = _lock_outcome(session, run_id)
             if current is None:
                 raise RunNotFound(f"no run {run_id!r}")
             _check_epoch(run_id, epoch, current.epoch, current.state)
@@ -451,8 +451,8 @@ class Repository:
             locked = {run_id: (current.attempt, current.state)}
             write_records(session, records, locked=locked, task_rows=task_rows)
             now = utcnow()
-            session.execute(_end_run(run_id, state, error, now))
-            session.execute(_end_attempt(run_id, attempt, state, error, now))
+            _end_run(session, run_id, state, error, now)
+            _end_attempt(session, run_id, attempt, state, error, now)
             for task_id, task_state in tasks.items():
                 row = task_rows.get(run_id, task_id)
                 if row is None:
@@ -573,48 +573,73 @@ _INSERT_PACKAGE: dict[str, Insert] = {
 registers its package in its own transaction); elsewhere :meth:`Repository.register_package`."""
 
 
-def _claim_run(run_id: str, epoch: int, node: str, now: datetime) -> Any:
-    """The claim of a run: running on ``node`` if it is at ``epoch`` and has not ended; returns it."""
-    runs = cast(Table, Run.__table__)
-    return (
-        update(runs)
-        .where(
-            runs.c.id == run_id,
-            runs.c.epoch == epoch,
-            runs.c.state.not_in([s for s in RunState if s.finished]),
-        )
-        .values(state=RunState.RUNNING, node=node, started_at=func.coalesce(runs.c.started_at, now))
-        .returning(*runs.c)
+_RUNS = cast(Table, Run.__table__)
+_ATTEMPTS = cast(Table, Attempt.__table__)
+
+# The claim's and the outcome's statements, on every attempt's path: built once, executed with
+# their values as parameters (building them per call cost CPU on every attempt, and the most on
+# a new pool process's first one, which touches every object they are made of).
+_CLAIM_RUN = (
+    update(_RUNS)
+    .where(
+        _RUNS.c.id == bindparam("b_run"),
+        _RUNS.c.epoch == bindparam("b_epoch"),
+        _RUNS.c.state.not_in([s for s in RunState if s.finished]),
     )
-
-
-def _claim_attempt(run_id: str, attempt: int, node: str, now: datetime) -> Any:
-    attempts = cast(Table, Attempt.__table__)
-    return (
-        update(attempts)
-        .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
-        .values(state=AttemptState.RUNNING, node=node, claimed_at=now)
+    .values(
+        state=RunState.RUNNING,
+        node=bindparam("b_node"),
+        started_at=func.coalesce(_RUNS.c.started_at, bindparam("b_now", type_=_RUNS.c.started_at.type)),
     )
+    .returning(*_RUNS.c)
+)
+"""The claim of a run: running on a node if it is at the epoch and has not ended; returns it."""
+_CLAIM_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.run_id == bindparam("b_run"), _ATTEMPTS.c.number == bindparam("b_attempt"))
+    .values(state=AttemptState.RUNNING, node=bindparam("b_node"), claimed_at=bindparam("b_now"))
+)
+_LOCK_OUTCOME = (
+    select(_RUNS.c.attempt, _RUNS.c.epoch, _RUNS.c.state)
+    .where(_RUNS.c.id == bindparam("b_run"))
+    .with_for_update()
+)
+"""The run's row an outcome checks, locked."""
+_END_RUN = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("b_run"))
+    .values(state=bindparam("b_state"), error=bindparam("b_error"), finished_at=bindparam("b_now"))
+)
+_END_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.run_id == bindparam("b_run"), _ATTEMPTS.c.number == bindparam("b_attempt"))
+    .values(state=bindparam("b_state"), ended_at=bindparam("b_now"), error=bindparam("b_error"))
+)
 
 
-def _lock_outcome(run_id: str) -> Any:
-    """The run's row an outcome checks, locked."""
-    runs = cast(Table, Run.__table__)
-    return select(runs.c.attempt, runs.c.epoch, runs.c.state).where(runs.c.id == run_id).with_for_update()
+def _claim_run(session: Session, run_id: str, epoch: int, node: str, now: datetime) -> Any:
+    """The run's row as claimed, or None if it is not at ``epoch`` or has ended."""
+    values = {"b_run": run_id, "b_epoch": epoch, "b_node": node, "b_now": now}
+    return session.execute(_CLAIM_RUN, values).one_or_none()
 
 
-def _end_run(run_id: str, state: RunState, error: str | None, now: datetime) -> Any:
-    runs = cast(Table, Run.__table__)
-    return update(runs).where(runs.c.id == run_id).values(state=state, error=error, finished_at=now)
+def _claim_attempt(session: Session, run_id: str, attempt: int, node: str, now: datetime) -> None:
+    session.execute(_CLAIM_ATTEMPT, {"b_run": run_id, "b_attempt": attempt, "b_node": node, "b_now": now})
 
 
-def _end_attempt(run_id: str, attempt: int, state: RunState, error: str | None, now: datetime) -> Any:
-    attempts = cast(Table, Attempt.__table__)
-    return (
-        update(attempts)
-        .where(attempts.c.run_id == run_id, attempts.c.number == attempt)
-        .values(state=_ATTEMPT_OUTCOME[state], ended_at=now, error=error)
-    )
+def _lock_outcome(session: Session, run_id: str) -> Any:
+    return session.execute(_LOCK_OUTCOME, {"b_run": run_id}).one_or_none()
+
+
+def _end_run(session: Session, run_id: str, state: RunState, error: str | None, now: datetime) -> None:
+    session.execute(_END_RUN, {"b_run": run_id, "b_state": state, "b_error": error, "b_now": now})
+
+
+def _end_attempt(
+    session: Session, run_id: str, attempt: int, state: RunState, error: str | None, now: datetime
+) -> None:
+    values = {"b_run": run_id, "b_attempt": attempt, "b_state": _ATTEMPT_OUTCOME[state], "b_error": error}
+    session.execute(_END_ATTEMPT, {**values, "b_now": now})
 
 
 def _check_epoch(run_id: str, epoch: int, current: int, state: RunState) -> None:
