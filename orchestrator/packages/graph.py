@@ -221,7 +221,7 @@ class _Ancestry:
 
 
 def _template_issues(
-    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None, ancestors: _Ancestry
+    tasks: list[Any], graph: dict[str, list[str]], variables: dict[str, Any] | None, ancestors: Ancestors
 ) -> list[Issue]:
     """Templates that are not lookups or name an unknown variable or a non-upstream task.
 
@@ -351,7 +351,7 @@ def write_issues(
     graph: dict[str, list[str]],
     variables: dict[str, Any] | None,
     max_concurrency: Any,
-    ancestors: Ancestors = _ancestors,
+    ancestors: Ancestors,
 ) -> list[Issue]:
     """``writes`` naming unknown variables, or a variable two units that may run at once both write.
 

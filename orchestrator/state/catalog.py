@@ -21,6 +21,7 @@ from orchestrator.errors import PackageNotDeployed
 from orchestrator.packages.model import Package
 from orchestrator.state.models import Package as PackageRow
 from orchestrator.state.models import PackageVersion
+from orchestrator.state.repository import store_definition
 
 DEPLOY_TRIES = 5  # concurrent deploys of one name race for the next number; the loser retries
 
@@ -69,11 +70,7 @@ class Catalog:
             latest = self._latest(session, package.name)
             if latest is not None and latest.definition_hash == digest:
                 return self._deployed(latest, package.description), False
-            if session.get(PackageRow, (package.name, digest)) is None:
-                session.add(
-                    PackageRow(name=package.name, definition_hash=digest, definition=package.to_dict())
-                )
-                session.flush()
+            store_definition(session, package)
             row = PackageVersion(
                 name=package.name, version=(latest.version if latest else 0) + 1, definition_hash=digest
             )

@@ -120,11 +120,8 @@ class Repository:
         key = (package.name, package.definition_hash)
         if key in self._definitions:
             return
-        definition = package.to_dict()
         with self.sessions.begin() as session:
-            if session.get(PackageRow, key) is None:
-                session.add(PackageRow(name=key[0], definition_hash=key[1], definition=definition))
-        # A concurrent registration of the same definition is fine: the row is identical.
+            definition = store_definition(session, package)
         self._remember(key, definition)
 
     def definition(self, name: str, definition_hash: str) -> dict[str, Any]:
@@ -160,33 +157,18 @@ class Repository:
         key) creates nothing and returns the existing run's id. ``version`` is the
         catalog version of a deployed package (None for an inline one).
         """
-        runs, attempts, events = (cast(Table, model.__table__) for model in (Run, Attempt, Event))
         shown: dict[str, Any] = {"version": version} if version is not None else {}
         key = (package.name, package.definition_hash)
-        definition = None if key in self._definitions else package.to_dict()
-        registering = _INSERT_PACKAGE.get(self.engine.dialect.name)
-        if definition is not None and registering is None:
-            self.register_package(package)  # no insert that skips an existing row here: its own transaction
-            definition = None
+        definition = None
         try:
             # Plain statements, inserted first: a run id or idempotency key already recorded
             # (a redelivered or retried submission) fails the insert and is looked up below.
             with self.sessions.begin() as session:
                 now = utcnow()
-                if definition is not None and registering is not None:
-                    # Its definition, unless this process knows it is there: skipped if it is
-                    # (registered before, or by another scheduler at the same moment).
-                    session.execute(
-                        registering,
-                        {
-                            "name": key[0],
-                            "definition_hash": key[1],
-                            "definition": definition,
-                            "registered_at": now,
-                        },
-                    )
+                if key not in self._definitions:  # unless this process knows it is registered
+                    definition = store_definition(session, package)
                 session.execute(
-                    insert(runs).values(
+                    insert(_RUNS).values(
                         id=run_id,
                         package=package.name,
                         definition_hash=package.definition_hash,
@@ -204,10 +186,10 @@ class Repository:
                 rows = [_event_row(run_id, "submitted", now, None, {"package": package.name, **shown})]
                 if epoch is not None:
                     session.execute(
-                        insert(attempts).values(run_id=run_id, number=1, epoch=epoch, dispatched_at=now)
+                        insert(_ATTEMPTS).values(run_id=run_id, number=1, epoch=epoch, dispatched_at=now)
                     )
                     rows.append(_event_row(run_id, "dispatched", utcnow(), 1, {"epoch": epoch}))
-                session.execute(insert(events), rows)
+                session.execute(EVENT_INSERT, rows)
         except IntegrityError:
             existing = self._existing(run_id, idempotency_key)
             if existing is None:
@@ -569,8 +551,22 @@ _INSERT_PACKAGE: dict[str, Insert] = {
     "postgresql": postgresql.insert(_PACKAGES_TABLE).on_conflict_do_nothing(),
     "sqlite": sqlite.insert(_PACKAGES_TABLE).on_conflict_do_nothing(),
 }
-"""By database, a definition's INSERT that skips one already registered (a run's creation
-registers its package in its own transaction); elsewhere :meth:`Repository.register_package`."""
+"""By database, a definition's INSERT that skips one already registered; elsewhere it is looked up."""
+
+
+def store_definition(session: Session, package: Package) -> dict[str, Any]:
+    """Register ``package``'s definition (without its defaults) in the caller's transaction,
+    unless it is there already (registered before, or by another process at the same moment,
+    the row then being the same); return the definition."""
+    definition = package.to_dict()
+    row = {"name": package.name, "definition_hash": package.definition_hash, "definition": definition}
+    skipping = _INSERT_PACKAGE.get(session.get_bind().dialect.name)
+    if skipping is not None:
+        session.execute(skipping, {**row, "registered_at": utcnow()})
+    elif session.get(PackageRow, (package.name, package.definition_hash)) is None:
+        session.add(PackageRow(**row))
+        session.flush()
+    return definition
 
 
 _RUNS = cast(Table, Run.__table__)
