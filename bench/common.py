@@ -267,6 +267,54 @@ class Processes:
         return "\n".join(parts)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of one live process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def command_name(pid: int) -> str:
+    """The command name of a live process (``/proc/PID/comm``), or ``""``."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pids_named(command: str) -> list[int]:
+    """The live processes whose command name (``/proc/PID/comm``) is ``command``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and command_name(int(entry.name)) == command:
+            found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds that named sets of processes spend between two readings (Linux ``/proc``).
+
+    Each set is a function returning its pids at the time of a reading: a process started
+    in between counts from zero, one that exited in between is missed (its last share lost).
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+
+    def read(self) -> dict[str, dict[int, float]]:
+        return {name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.groups.items()}
+
+    @staticmethod
+    def spent(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+        """CPU seconds of each set from ``before`` to ``after``."""
+        return {
+            name: sum(max(0.0, t - before.get(name, {}).get(pid, 0.0)) for pid, t in now.items())
+            for name, now in after.items()
+        }
+
+
 def memory_kib(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process in KiB; PSS shares pages common to forked processes fairly."""
     rss = pss = 0

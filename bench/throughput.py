@@ -16,6 +16,13 @@ clock) of the oldest worker event not yet written to SQL: what the
 scheduler's ``orchestrator_event_lag_seconds`` reports. Its maximum over the
 rounds is the projection's lag at this load (target: under 1 s).
 
+Around every round the bench also reads the CPU time (``/proc``) of each process set
+that round uses: the Celery worker (its main process and pool), the scheduler, the node's
+main process, its pool, this process (submits and polls), the Redis server and the
+PostgreSQL server when they run on this machine. Divided by the round's count, that is
+the CPU each item costs: where the time goes, and the ratio of the two sides' totals,
+which bounds the throughput ratio on a machine whose cores they all share.
+
 Run: ``python -m bench.throughput [--quick]``.
 """
 
@@ -29,10 +36,12 @@ if __package__ in (None, ""):
     # library's copy module; the repository root takes its place.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import math
 import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -156,6 +165,69 @@ def redis_commands(url: str) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+CELERY_SETS = ("Celery worker", "bench process", "Redis server")
+"""What a raw Celery round uses: the worker (main process and pool), this process (it sends
+and polls), Redis."""
+ORCHESTRATOR_SETS = (
+    "scheduler",
+    "node main process",
+    "node pool processes",
+    "bench process",
+    "Redis server",
+    "PostgreSQL server",
+)
+"""What an orchestrator round uses (this process submits and polls)."""
+
+
+def cpu_meter(env: C.Environment, url: str) -> C.CpuMeter:
+    """The process sets whose CPU each round reads (see the module docstring)."""
+    node = env.processes.running["node-1"].pid
+    with redis.Redis.from_url(url) as client:
+        redis_pid = int(client.info("server").get("process_id", 0))
+    local_redis = any(name in C.command_name(redis_pid) for name in ("redis", "valkey"))
+    postgres = (env.database_url or "").startswith("postgresql") and any(
+        host in (env.database_url or "") for host in ("@127.0.0.1", "@localhost", "@/", "@:")
+    )
+    groups: dict[str, Callable[[], list[int]]] = {
+        "Celery worker": lambda: env.processes.pids("celery-worker"),
+        "scheduler": lambda: env.processes.pids("scheduler"),
+        "node main process": lambda: [node],
+        "node pool processes": lambda: [p for p in env.processes.pids("node-1") if p != node],
+        "bench process": lambda: [os.getpid()],
+    }
+    if local_redis:
+        groups["Redis server"] = lambda: [redis_pid]
+    if postgres:
+        groups["PostgreSQL server"] = lambda: C.pids_named("postgres")
+    return C.CpuMeter(groups)
+
+
+def cpu_table(cpu: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, float]]:
+    """Median CPU ms per item of each process set on each side, and each side's total."""
+
+    def ms(side: str, name: str) -> float:
+        values = cpu[side].get(name, [])
+        return C.percentile(values, 50) * 1000 if values else math.nan
+
+    sides = {"celery": CELERY_SETS, "orchestrator": ORCHESTRATOR_SETS}
+    rows: list[list[Any]] = [
+        [name, *(ms(side, name) if name in sets else math.nan for side, sets in sides.items())]
+        for name in dict.fromkeys((*CELERY_SETS, *ORCHESTRATOR_SETS))
+    ]
+    totals = {
+        side: sum(value for name in sets if not math.isnan(value := ms(side, name)))
+        for side, sets in sides.items()
+    }
+    rows.append(["total", totals["celery"], totals["orchestrator"]])
+    rows.append(["Celery's total / this total", 1.0, C.ratio(totals["celery"], totals["orchestrator"])])
+    text = C.table(
+        "CPU ms per item by process set, median of rounds ('-': not on that side, or not on this machine)",
+        ["process set", "raw Celery no-op task", "orchestrator one-task package"],
+        rows,
+    )
+    return text, totals
+
+
 def main() -> int:
     args = C.parser(__doc__.splitlines()[0]).parse_args()
     rounds = 1 if args.quick else 6
@@ -179,15 +251,20 @@ def main() -> int:
         commands: dict[str, list[float]] = {"celery": [], "orchestrator": []}
         sampler = LagSampler(services)
         sampler.start()
+        meter = cpu_meter(env, orch_url)
+        cpu: dict[str, dict[str, list[float]]] = {"celery": {}, "orchestrator": {}}
         for index in range(rounds):
             for which in ("celery", "orchestrator") if index % 2 == 0 else ("orchestrator", "celery"):
                 # Server-wide count: it includes the idle side's few polls (a small overcount).
                 before = redis_commands(orch_url)
+                cpu_before = meter.read()
                 if which == "celery":
                     celery_rates.append(celery_round(celery_url, celery_n))
                 else:
                     orch.append(orchestrator_round(services, orch_n))
                 count = celery_n if which == "celery" else orch_n
+                for name, seconds in C.CpuMeter.spent(cpu_before, meter.read()).items():
+                    cpu[which].setdefault(name, []).append(seconds / count)
                 commands[which].append((redis_commands(orch_url) - before) / count)
                 rate = celery_rates[-1] if which == "celery" else orch[-1]["rate"]
                 print(f"round {index + 1} {which}: {rate:.1f}/s", flush=True)
@@ -238,6 +315,8 @@ def main() -> int:
             rows,
         )
     )
+    cpu_text, cpu_totals = cpu_table(cpu)
+    print(cpu_text)
     lag = max(sampler.samples, default=0.0)
     print(
         C.table(
@@ -266,6 +345,8 @@ def main() -> int:
             "ratio": value,
             "redis_commands_per_item": commands,
             "failed_runs": sum(o["failed"] for o in orch),
+            "cpu_seconds_per_item": cpu,
+            "cpu_ms_per_item_total": cpu_totals,
             "event_lag_max_s": lag,
             "event_lag_samples": len(sampler.samples),
             "target_ratio": TARGET,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,29 @@ def test_a_bench_script_runs_as_a_file_from_another_directory(name: str, tmp_pat
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage:"), done.stdout[:500]
+
+
+def test_the_cpu_meter_charges_each_set_with_its_own_processes_cpu() -> None:
+    """What the throughput bench's CPU table is made of: a spinning process is charged its CPU,
+    a sleeping one nothing, and a process started between two readings counts from zero."""
+    from bench.common import CpuMeter, cpu_seconds
+
+    spin = "while True: pass"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        meter = CpuMeter({"spinning": lambda: [p.pid for p in spinners], "sleeping": lambda: [sleeper.pid]})
+        before = meter.read()
+        spinners.append(subprocess.Popen([sys.executable, "-c", spin]))
+        deadline = time.monotonic() + 30
+        while cpu_seconds(spinners[0].pid) < 0.3:
+            assert time.monotonic() < deadline, "the spinning process got no CPU in 30 s"
+            time.sleep(0.05)
+        spent = CpuMeter.spent(before, meter.read())
+    finally:
+        for process in (sleeper, *spinners):
+            process.kill()
+            process.wait()
+    assert spent["spinning"] >= 0.3
+    assert spent["sleeping"] < 0.1
+    assert cpu_seconds(sleeper.pid) == 0.0  # gone: nothing to read
