@@ -3,8 +3,9 @@
 Each runs as a subprocess for a few seconds: it must exit 0, print its table
 with a ratio, and write its JSON result. The figures themselves are not
 judged here (these machines are noisy); ``docs/benchmarks.md`` quotes full runs.
-The scripts use ``ORCHESTRATOR_TEST_REDIS_URL`` when it is set (and flush a few
-of its databases), else an embedded Redis of their own.
+Each script starts an embedded Redis of its own here, even when
+``ORCHESTRATOR_TEST_REDIS_URL`` is set: a script flushes the URL's database and
+up to six after it, which are the other pytest-xdist workers' databases.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import ROOT, cli_env
+from tests.support.redis import REDIS_URL_VARIABLE
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -39,7 +41,7 @@ def test_bench_script_quick_mode(name: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
-        env=cli_env(),
+        env={k: v for k, v in cli_env().items() if k != REDIS_URL_VARIABLE},
         capture_output=True,
         text=True,
         timeout=110,
