@@ -10,9 +10,9 @@ batches with one fenced script call (:class:`~orchestrator.control.stream.EventS
   (or while an append is in flight) goes in the same append (at most one Redis
   call per task); a finished foreach item waits up to :data:`ITEM_DELAY`, so
   that a long foreach of short items appends a few dozen items at a time;
-* a task's start (and a resume) waits at most :data:`FLUSH_DELAY` for the next
-  append, so a long task shows as running at once and a short one costs no
-  call of its own;
+* a task's start (a foreach's: when its items are known; and a resume) waits
+  at most :data:`FLUSH_DELAY` for the next append, so a long task shows as
+  running at once and a short one costs no call of its own;
 * a line a task logs is appended before ``ctx.log`` returns (one Redis call per
   line), so the lines written before a node is SIGKILLed are in the stream;
 * a refused append (the attempt was fenced) stops the attempt: the next hook
@@ -98,6 +98,12 @@ class AttemptReporter(ExecutionHooks):
         if item is None:
             change = TaskChange(task_id, state=TaskState.RUNNING.value, tries=try_number, started=True)
             self._add("task", None, {}, (change,))
+
+    def foreach_started(self, task_id: str, items: int, finished: int) -> None:
+        # A foreach's units are its items, whose starts are not recorded one by one: the task
+        # itself shows as running from here until its task_done (or failure) record.
+        change = TaskChange(task_id, state=TaskState.RUNNING.value, started=True)
+        self._add("task", None, {}, (change,))
 
     def task_finished(
         self, task_id: str, item: ForeachItem | None, state: TaskState, seconds: float, error: str | None

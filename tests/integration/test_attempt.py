@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator.control.client import Client
+from orchestrator.control.views import run_status
 from orchestrator.state import AttemptState
 from orchestrator.state.states import RunState, TaskState
 from tests.integration.test_scheduler import (
@@ -111,6 +112,27 @@ def test_a_full_run_succeeds_and_reports_every_step(harness: Harness) -> None:
     assert harness.liveness.expired_leases() == []
     assert harness.liveness.overdue_dispatches() == []
     assert checkpoint(harness, run_id) is None
+
+
+def test_a_foreach_shows_as_running_while_its_items_run(harness: Harness) -> None:
+    """``status`` (and the UI) read the task rows the projection writes: a foreach whose items
+    are running is running there, not pending until its last item is done."""
+    gate = harness.hold("c")
+    run_id = harness.submit(package(task("a"), task("c", "a", foreach=["x", "y"])))
+    _, attempt = started(harness, run_id)
+    harness.wait_log("holding", "c", epoch=1)
+
+    harness.tick_until(
+        lambda: task_states(harness, run_id).get("c") is TaskState.RUNNING,
+        "the running foreach to show as running in SQL",
+    )
+    assert run_status(harness.repo, run_id)["tasks"] == {"a": "succeeded", "c": "running"}
+    assert harness.repo.task_states(run_id)["c"].started_at is not None
+
+    gate.set()
+    result = attempt.outcome()
+    assert result is not None and result.state is RunState.SUCCEEDED
+    assert task_states(harness, run_id) == {"a": TaskState.SUCCEEDED, "c": TaskState.SUCCEEDED}
 
 
 def test_a_failing_task_fails_the_run_with_its_error(harness: Harness) -> None:

@@ -119,6 +119,28 @@ def test_a_start_alone_is_appended_after_the_flush_delay() -> None:
     assert stream.entries[0][1].tasks[0].task_id == "long"
 
 
+def test_a_foreach_shows_as_running_once_its_items_are_known() -> None:
+    """Its items' starts are not recorded one by one: the foreach itself is running from its
+    start to its task_done, with no event of its own (the run's events stay as they were)."""
+    stream = StubStream()
+    r = reporter(stream)
+    r.foreach_started("each", 3, 1)
+    for item in ("b", "c"):
+        r.task_started("each", item, 1)
+        r.task_finished("each", item, TaskState.SUCCEEDED, 0.01, None)
+    r.task_finished("each", None, TaskState.SUCCEEDED, 0.02, None)
+    r.run_finished(RunResult("run-1", "pkg", RunState.SUCCEEDED, {}))
+    records = [record for _, record in stream.entries]
+    assert [(rec.type, rec.kind) for rec in records] == [
+        ("task", None),
+        ("event", "item_done"),
+        ("event", "item_done"),
+        ("event", "task_done"),
+    ]
+    assert [(c.task_id, c.state, c.started) for c in records[0].tasks] == [("each", "running", True)]
+    assert records[-1].tasks[0].state == "succeeded"
+
+
 def test_hooks_from_many_threads_report_everything_once() -> None:
     stream = StubStream()
     r = reporter(stream)
