@@ -12,6 +12,7 @@ import socket
 from celery.signals import worker_process_init, worker_ready
 
 from orchestrator.observability.metrics import enable_multiprocess, metrics, serve
+from orchestrator.packages import conditions
 from orchestrator.runtime.broker import WORKER_QUEUES
 from orchestrator.runtime.services import Services
 from orchestrator.state.models import NodeState
@@ -57,6 +58,7 @@ def serve_worker(services: Services, node: str, concurrency: int, metrics_port: 
     register_worker_tasks(services.app, services, node, files)
     services.repository.register_node(node, socket.gethostname(), os.getpid(), concurrency, metrics_port)
     services.before_fork()  # what every pool process inherits, prepared once here
+    conditions.warm()
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),

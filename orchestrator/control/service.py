@@ -12,6 +12,7 @@ from orchestrator.control.operations import Operations
 from orchestrator.control.scheduler import Scheduler
 from orchestrator.control.tasks import register_control_tasks
 from orchestrator.observability.metrics import gauges, serve
+from orchestrator.packages import conditions
 from orchestrator.runtime.broker import CONTROL_QUEUE
 from orchestrator.runtime.services import Services
 
@@ -22,6 +23,7 @@ def serve_scheduler(services: Services) -> None:
     """Run a scheduler: the liveness loop in a thread, control messages in the main thread."""
     scheduler = Scheduler(services)
     services.repository  # noqa: B018 - apply migrations before anything else
+    conditions.warm()  # the first submission with a condition does not wait for it
     serve(services.settings.metrics_port)
     gauges()
     if not services.liveness.marker_present():

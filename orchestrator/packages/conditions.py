@@ -38,14 +38,30 @@ class Reference:
     name: str | None
 
 
-_ENVIRONMENT = celpy.Environment()
+@lru_cache(maxsize=1)
+def _environment() -> celpy.Environment:
+    """CEL's parser and evaluator, built on first use.
+
+    Building it generates a parser from CEL's grammar: about 0.1 s in a bare process, most of
+    a second in one that has imported the rest of the orchestrator (the garbage collector
+    walks those objects while the parser's are made). A command that evaluates no
+    condition (``status``, ``events``...) does not pay it; the long-lived processes build
+    it when they start (:func:`warm`).
+    """
+    return celpy.Environment()
+
+
+def warm() -> None:
+    """Build the CEL environment now: a scheduler when it starts, a worker node before it forks
+    its pool (every pool process inherits it instead of building it on its first condition)."""
+    _environment()
 
 
 @lru_cache(maxsize=512)
 def compile_condition(text: str) -> lark.Tree[Any]:
     """Parse a condition; :class:`ConditionError` with line and column if it does not parse."""
     try:
-        return _ENVIRONMENT.compile(text)
+        return _environment().compile(text)
     except CELParseError as exc:
         line, column = getattr(exc, "line", None), getattr(exc, "column", None)
         where = f" at line {line}, column {column}" if line is not None else ""
@@ -102,7 +118,7 @@ def evaluate(
     event: Mapping[str, Any] | None = None,
 ) -> bool:
     """The value of a condition; :class:`ConditionError` if it fails or is not a boolean."""
-    program = _ENVIRONMENT.program(compile_condition(text))
+    program = _environment().program(compile_condition(text))
     activation = {
         "vars": json_to_cel(dict(variables)),
         "outputs": json_to_cel(dict(outputs)),

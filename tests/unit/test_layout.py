@@ -13,6 +13,8 @@ every import counted, including those inside functions:
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -105,3 +107,21 @@ def test_the_old_paths_re_export_the_same_objects() -> None:
 
     assert OldBuilder is PackageBuilder
     assert OldClient is Client
+
+
+def test_a_command_that_evaluates_no_condition_does_not_build_the_cel_parser() -> None:
+    """Building CEL's parser cost most of a second once the rest was imported: ``status`` and
+    the other commands import everything but build it only for a condition (the scheduler and
+    the worker nodes build it when they start)."""
+    code = (
+        "import orchestrator.cli, orchestrator.cli.app\n"
+        "from orchestrator.packages import conditions\n"
+        "assert conditions._environment.cache_info().currsize == 0, 'built at import'\n"
+        "conditions.warm()\n"
+        "assert conditions._environment.cache_info().currsize == 1\n"
+        "assert conditions.evaluate('vars.x > 1', {'x': 2}, {}) is True\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
