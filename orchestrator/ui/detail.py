@@ -3,9 +3,10 @@
 Progress of a foreach task is the number of distinct items recorded done
 (``item_done`` events, across attempts: items finished before a node loss are
 skipped on resume, not done again) out of its items when the package lists them.
-A foreach task is recorded in SQL only when it ends (its items are recorded one
-by one), so while its run is active a pending foreach task with items done is
-shown as running.
+A foreach task is recorded running when its items are known (its items' starts
+are not recorded one by one); a worker of an earlier version recorded it only
+when it ended, so while its run is active a pending foreach task with items
+done is still shown as running.
 
 Progress of a copy task is the newest ``copy_progress`` event of the task, whose
 detail carries ``rows`` and, when known, ``total``; a package without such
