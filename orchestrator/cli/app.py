@@ -8,6 +8,7 @@ fit); nothing ran in the last case.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Annotated, NoReturn
 
@@ -37,8 +38,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 200
+"""The width of what is written to a pipe or a file, unless ``COLUMNS`` says otherwise: Rich would
+take 80 columns there and cut run ids short in tables, where a script or a log needs them whole."""
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPED_WIDTH
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
 
 VarOption = Annotated[
     list[str] | None,

@@ -233,7 +233,8 @@ def runs(
         return
     table = Table(show_edge=False)
     for column in ("run", "package", "state", "attempt", "restarts", "node", "submitted"):
-        table.add_column(column)
+        # Ids are never cut: in a narrow terminal the other columns give way.
+        table.add_column(column, no_wrap=column in ("run", "package"))
     for row in rows:
         table.add_row(
             *(
@@ -351,7 +352,7 @@ def nodes(json_output: JsonOption = False) -> None:
         return
     table = Table(show_edge=False)
     for column in ("node", "state", "concurrency", "last heartbeat", "runs", "ready"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "node")
     for row in rows:
         table.add_row(
             row["node"],

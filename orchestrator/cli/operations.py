@@ -131,7 +131,7 @@ def _versions(found: list[Deployed], json_output: bool, title: str | None) -> No
         return
     table = Table(title=title, show_edge=False)
     for column in ("package", "version", "definition", "deployed", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "package")
     for d in found:
         when = d.deployed_at.isoformat()[:19]
         table.add_row(d.name, str(d.version), d.definition_hash[:12], when, escape(d.description))
@@ -290,7 +290,7 @@ def schedule_list(json_output: JsonOption = False) -> None:
         return
     table = Table(show_edge=False)
     for column in ("schedule", "package", "when", "next slot", "last run", "state"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("schedule", "package", "last run"))
     for row in rows:
         shown = _schedule_json(row)
         table.add_row(

@@ -416,6 +416,10 @@ def test_runs_lists_runs_newest_first_and_filters_by_state(
         assert present.run_id in ids and absent.run_id not in ids
     table = {cells[0]: cells for cells in table_rows(cluster.cli("runs", "--state", "succeeded").stdout)}
     assert table[succeeded.run_id][:6] == [succeeded.run_id, "count", "succeeded", "1", "0", final["node"]]
+    # Piped with no width given (Rich would take 80 columns), and in 80 columns: ids stay whole.
+    for columns in ("", "80"):
+        shown = run_cli("runs", cwd=cluster.dir, env={"COLUMNS": columns}).stdout
+        assert {row[0] for row in table_rows(shown)} >= {succeeded.run_id, failed.run_id}, shown
 
 
 def test_up_serves_the_web_ui_with_the_rows_of_runs_json(cluster: LocalCluster, succeeded: Submitted) -> None:
