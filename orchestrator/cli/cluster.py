@@ -25,7 +25,7 @@ from checkpoints import validate_package_name
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
-from orchestrator.control.views import event_rows, log_rows, node_rows, run_row
+from orchestrator.control.views import event_rows, foreach_progress, log_rows, node_rows, run_row
 from orchestrator.errors import InvalidInput
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
@@ -155,10 +155,11 @@ def submit(
             status = client.wait(run_id, timeout=timeout)
         except TimeoutError as exc:
             fail(str(exc))
+        items = {} if json_output else foreach_progress(client.services.repository, run_id, status["tasks"])
     if json_output:
         _print_json(status)
     else:
-        _print_status(status)
+        _print_status(status, items)
     raise typer.Exit(EXIT_OK if status["state"] == RunState.SUCCEEDED else EXIT_FAILED)
 
 
@@ -173,11 +174,16 @@ def _deployed_name(target: str) -> str:
 def status(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """State, attempt, restarts, node, per-task state and error of a run."""
     with exit_codes():
-        found = Client(_services()).status(run_id)
-    _print_json(found) if json_output else _print_status(found)
+        services = _services()
+        found = Client(services).status(run_id)
+        if json_output:
+            _print_json(found)
+            return
+        items = foreach_progress(services.repository, run_id, found["tasks"])
+    _print_status(found, items)
 
 
-def _print_status(found: dict[str, Any]) -> None:
+def _print_status(found: dict[str, Any], items: dict[str, str] | None = None) -> None:
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(found["state"], "cyan")
     out.print(f"run [bold]{found['run_id']}[/] of {found['package']}: [{style}]{found['state']}[/]")
     out.print(
@@ -190,10 +196,10 @@ def _print_status(found: dict[str, Any]) -> None:
     table.add_column("progress")
     progress = found.get("progress", {})
     flow = found.get("flow") or {}
+    items = items or {}
     for task_id, state in found["tasks"].items():
-        table.add_row(
-            escape(task_id + _flow_note(flow.get(task_id))), state, _progress_text(progress.get(task_id))
-        )
+        shown = _progress_text(progress.get(task_id)) or items.get(task_id, "")
+        table.add_row(escape(task_id + _flow_note(flow.get(task_id))), state, shown)
     for handler_id, state in (found.get("handlers") or {}).items():
         table.add_row(escape(f"{handler_id} (handler)"), state, "")
     out.print(table)

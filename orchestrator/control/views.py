@@ -8,6 +8,7 @@ with the same meaning. Every value is plain JSON (timestamps as ISO 8601 strings
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,6 +83,38 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
     }
+
+
+def plural(n: int, word: str) -> str:
+    """``1 item``, ``1,200 items``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def items_progress(
+    definition: Sequence[Mapping[str, Any]], done: Mapping[str, int], states: Mapping[str, str]
+) -> dict[str, str]:
+    """Per foreach task: "2 of 3 items" when the package lists its items, else "2 items so far"
+    ("3 items" once it succeeded: an expression's count is known when the task has finished)."""
+    found: dict[str, str] = {}
+    for task in definition:
+        task_id, foreach = task["id"], task.get("foreach")
+        count = done.get(task_id, 0)
+        if isinstance(foreach, list):
+            found[task_id] = f"{min(count, len(foreach))} of {plural(len(foreach), 'item')}"
+        elif foreach is not None:
+            found[task_id] = plural(count, "item") + ("" if states.get(task_id) == "succeeded" else " so far")
+    return found
+
+
+def foreach_progress(repository: Repository, run_id: str, states: Mapping[str, str]) -> dict[str, str]:
+    """:func:`items_progress` of a run's foreach tasks, counted in SQL (``status`` prints it)."""
+    run = repository.run_row(run_id)
+    if not run.definition_hash:
+        return {}
+    tasks = repository.definition(run.package, run.definition_hash)["tasks"]
+    if not any(task.get("foreach") is not None for task in tasks):
+        return {}
+    return items_progress(tasks, repository.items_done(run_id), states)
 
 
 def flow_of(definition: dict[str, Any]) -> dict[str, Any]:

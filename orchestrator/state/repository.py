@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Insert, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, Insert, Table, bindparam, distinct, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -518,6 +518,18 @@ class Repository:
                 label = str(detail.get("task")) + (f"[{detail['item']}]" if "item" in detail else "")
                 latest.setdefault(label, {k: v for k, v in detail.items() if k not in ("task", "item")})
             return latest
+
+    def items_done(self, run_id: str) -> dict[str, int]:
+        """Per foreach task of a run, how many distinct items are recorded done (``item_done``
+        events, across attempts: the items an earlier attempt finished are not done again)."""
+        task, item = Event.detail["task"].as_string(), Event.detail["item"].as_string()
+        with self.sessions() as session:
+            rows = session.execute(
+                select(task, func.count(distinct(item)))
+                .where(Event.run_id == run_id, Event.kind == "item_done")
+                .group_by(task)
+            ).all()
+        return {str(task_id): int(count) for task_id, count in rows if task_id is not None}
 
     def nodes(self) -> list[Node]:
         with self.sessions() as session:

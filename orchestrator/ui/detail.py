@@ -22,7 +22,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from orchestrator.control.views import duration_seconds, event_row, run_status
+from orchestrator.control.views import duration_seconds, event_row, items_progress, plural, run_status
 from orchestrator.state.models import Run, TaskRun
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.tasklogs import LogLine, TaskLogs
@@ -93,10 +93,6 @@ class RunDetail:
     logs_cut: bool  # more lines than the page shows
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def progress_texts(
     definition: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]], states: Mapping[str, str]
 ) -> dict[str, str]:
@@ -109,21 +105,16 @@ def progress_texts(
             items.setdefault(str(detail.get("task")), set()).add(json.dumps(detail.get("item")))
         elif event["kind"] == "copy_progress":
             copies[str(detail.get("task"))] = detail
-    found: dict[str, str] = {}
+    found = items_progress(definition, {task_id: len(done) for task_id, done in items.items()}, states)
     for task in definition:
-        task_id, foreach = task["id"], task.get("foreach")
-        done = len(items.get(task_id, ()))
-        if isinstance(foreach, list):
-            found[task_id] = f"{min(done, len(foreach))} of {_count(len(foreach), 'item')}"
-        elif foreach is not None:  # an expression: the count is known once the task has finished
-            found[task_id] = _count(done, "item") + ("" if states.get(task_id) == "succeeded" else " so far")
+        task_id = task["id"]
         copy = copies.get(task_id)
         if copy is not None and isinstance(copy.get("rows"), int):
             total = copy.get("total")
             rows = (
-                f"{copy['rows']:,} of {_count(total, 'row')}"
+                f"{copy['rows']:,} of {plural(total, 'row')}"
                 if isinstance(total, int)
-                else _count(copy["rows"], "row")
+                else plural(copy["rows"], "row")
             )
             found[task_id] = rows
     return found

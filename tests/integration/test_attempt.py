@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator.control.client import Client
-from orchestrator.control.views import run_status
+from orchestrator.control.views import foreach_progress, items_progress, run_status
 from orchestrator.state import AttemptState
 from orchestrator.state.states import RunState, TaskState
 from tests.integration.test_scheduler import (
@@ -116,23 +116,52 @@ def test_a_full_run_succeeds_and_reports_every_step(harness: Harness) -> None:
 
 def test_a_foreach_shows_as_running_while_its_items_run(harness: Harness) -> None:
     """``status`` (and the UI) read the task rows the projection writes: a foreach whose items
-    are running is running there, not pending until its last item is done."""
-    gate = harness.hold("c")
-    run_id = harness.submit(package(task("a"), task("c", "a", foreach=["x", "y"])))
+    are running is running there, not pending until its last item is done; ``status`` counts
+    its items done."""
+    gate = threading.Event()
+    harness.gates.append(gate)
+
+    def hold_item_y(ctx: Any) -> None:
+        if ctx.item == "y":
+            T.record(ctx, "holding")
+            gate.wait(WAIT)
+
+    T.HOOKS["c"] = hold_item_y
+    run_id = harness.submit(package(task("a"), task("c", "a", foreach=["x", "y", "z"])))
     _, attempt = started(harness, run_id)
     harness.wait_log("holding", "c", epoch=1)
 
     harness.tick_until(
-        lambda: task_states(harness, run_id).get("c") is TaskState.RUNNING,
-        "the running foreach to show as running in SQL",
+        lambda: (
+            task_states(harness, run_id).get("c") is TaskState.RUNNING
+            and harness.repo.items_done(run_id) == {"c": 1}
+        ),
+        "the running foreach to show as running in SQL, with item x done",
     )
-    assert run_status(harness.repo, run_id)["tasks"] == {"a": "succeeded", "c": "running"}
+    status = run_status(harness.repo, run_id)
+    assert status["tasks"] == {"a": "succeeded", "c": "running"}
     assert harness.repo.task_states(run_id)["c"].started_at is not None
+    assert foreach_progress(harness.repo, run_id, status["tasks"]) == {"c": "1 of 3 items"}
 
     gate.set()
     result = attempt.outcome()
     assert result is not None and result.state is RunState.SUCCEEDED
     assert task_states(harness, run_id) == {"a": TaskState.SUCCEEDED, "c": TaskState.SUCCEEDED}
+    assert harness.repo.items_done(run_id) == {"c": 3}
+    assert foreach_progress(harness.repo, run_id, {"c": "succeeded"}) == {"c": "3 of 3 items"}
+
+
+def test_the_items_of_a_foreach_over_an_expression_are_counted_so_far() -> None:
+    tasks = [
+        {"id": "listed", "foreach": [1, 2]},
+        {"id": "computed", "foreach": "{{ outputs.a.list }}"},
+        {"id": "a"},
+    ]
+    assert items_progress(tasks, {"listed": 1, "computed": 1200}, {"computed": "running"}) == {
+        "listed": "1 of 2 items",
+        "computed": "1,200 items so far",
+    }
+    assert items_progress(tasks, {"computed": 1}, {"computed": "succeeded"})["computed"] == "1 item"
 
 
 def test_a_failing_task_fails_the_run_with_its_error(harness: Harness) -> None:
