@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
 status=0
-for bench in checkpoint foreach overhead throughput floor scale recovery ui s3 copy; do
+for bench in checkpoint foreach overhead throughput floor scale recovery ui s3 copy cli; do
     echo "=== bench/${bench}.py $* ==="
     started=$(date +%s)
     if ! "$python" -m "bench.${bench}" "$@"; then

@@ -42,11 +42,9 @@ class Reference:
 def _environment() -> celpy.Environment:
     """CEL's parser and evaluator, built on first use.
 
-    Building it generates a parser from CEL's grammar: about 0.1 s in a bare process, most of
-    a second in one that has imported the rest of the orchestrator (the garbage collector
-    walks those objects while the parser's are made). A command that evaluates no
-    condition (``status``, ``events``...) does not pay it; the long-lived processes build
-    it when they start (:func:`warm`).
+    Building it generates a parser from CEL's grammar, about 0.1 s of CPU: a command that
+    evaluates no condition (``status``, ``events``...) does not pay it (``bench/cli.py``);
+    the long-lived processes build it when they start (:func:`warm`).
     """
     return celpy.Environment()
 

@@ -33,6 +33,7 @@ SCRIPTS = [
     "ui",
     "s3",
     "copy",
+    "cli",
 ]
 
 

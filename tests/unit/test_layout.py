@@ -110,9 +110,9 @@ def test_the_old_paths_re_export_the_same_objects() -> None:
 
 
 def test_a_command_that_evaluates_no_condition_does_not_build_the_cel_parser() -> None:
-    """Building CEL's parser cost most of a second once the rest was imported: ``status`` and
-    the other commands import everything but build it only for a condition (the scheduler and
-    the worker nodes build it when they start)."""
+    """Building CEL's parser costs about 0.1 s: ``status`` and the other commands import
+    everything but build it only for a condition (the scheduler and the worker nodes build it
+    when they start)."""
     code = (
         "import orchestrator.cli, orchestrator.cli.app\n"
         "from orchestrator.packages import conditions\n"
