@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(
@@ -47,10 +48,7 @@ def test_the_cpu_meter_charges_each_set_with_its_own_processes_cpu() -> None:
         meter = CpuMeter({"spinning": lambda: [p.pid for p in spinners], "sleeping": lambda: [sleeper.pid]})
         before = meter.read()
         spinners.append(subprocess.Popen([sys.executable, "-c", spin]))
-        deadline = time.monotonic() + 30
-        while cpu_seconds(spinners[0].pid) < 0.3:
-            assert time.monotonic() < deadline, "the spinning process got no CPU in 30 s"
-            time.sleep(0.05)
+        wait_until(lambda: cpu_seconds(spinners[0].pid) >= 0.3, timeout=30, what="0.3 s of CPU spun")
         spent = CpuMeter.spent(before, meter.read())
     finally:
         for process in (sleeper, *spinners):
