@@ -183,7 +183,8 @@ def status(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     _print_status(found, items)
 
 
-def _print_status(found: dict[str, Any], items: dict[str, str] | None = None) -> None:
+def _print_status(found: dict[str, Any], items: dict[str, str]) -> None:
+    """The status table; ``items``: the foreach progress texts (:func:`foreach_progress`)."""
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(found["state"], "cyan")
     out.print(f"run [bold]{found['run_id']}[/] of {found['package']}: [{style}]{found['state']}[/]")
     out.print(
@@ -196,7 +197,6 @@ def _print_status(found: dict[str, Any], items: dict[str, str] | None = None) ->
     table.add_column("progress")
     progress = found.get("progress", {})
     flow = found.get("flow") or {}
-    items = items or {}
     for task_id, state in found["tasks"].items():
         shown = _progress_text(progress.get(task_id)) or items.get(task_id, "")
         table.add_row(escape(task_id + _flow_note(flow.get(task_id))), state, shown)
