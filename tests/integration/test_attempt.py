@@ -469,10 +469,12 @@ def test_events_that_cannot_reach_redis_during_a_task_are_not_a_task_failure(har
         return real(run, epoch, records)
 
     n1.services.events.append = flaky  # type: ignore[method-assign]
+    # Fast tasks' records share appends (they wait a few ms for company): b waits for the first
+    # append, so that a's records are tried once while the run still has records to send.
+    T.HOOKS["b"] = lambda ctx: wait_until(lambda: calls, timeout=WAIT, what="a's records to be appended")
     result = n1.run(harness.last(run_id))
     assert result is not None and result.state is RunState.SUCCEEDED
-    # Fast tasks' records share appends (they wait a few ms for company): at least the two
-    # failed ones, and the second carried the first's records again.
+    # At least the two failed appends, and the second carried the first's records again.
     assert len(calls) >= 2 and calls[1] >= calls[0], "the failed appends were retried with the next one"
     assert kinds(harness, run_id) == [
         "submitted",
