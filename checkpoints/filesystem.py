@@ -22,11 +22,13 @@ goes only when the retention purge removes a finished run
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -37,6 +39,7 @@ from checkpoints.errors import (
     CheckpointError,
     CheckpointMismatch,
     CheckpointTooLarge,
+    CheckpointUnavailable,
     Fenced,
 )
 from checkpoints.format import Checkpoint, encode, verify
@@ -74,6 +77,26 @@ class FilesystemCheckpointStore:
 
     def __repr__(self) -> str:
         return f"FilesystemCheckpointStore({str(self.root)!r})"
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointUnavailable` unless this process can write under the root.
+
+        The root is created when missing (as a first save would); a file is then written in
+        it and removed. Nodes and schedulers call this at start, so a root that is a file, on a
+        read-only mount or not theirs to write fails them at once, naming it, and not each
+        run's attempt later.
+        """
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.root))
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise CheckpointUnavailable(
+                f"checkpoint root {str(self.root)!r} is not a directory this process can write: {exc}"
+            ) from exc
 
     def run_dir(self, package: str, run_id: str) -> Path:
         """Return the run's directory; both ids are validated before they touch a path."""

@@ -41,6 +41,9 @@ class InMemoryCheckpointStore:
     def _key(package: str, run_id: str) -> tuple[str, str]:
         return validate_package_name(package), validate_run_id(run_id)
 
+    def check(self) -> None:
+        """Always usable: the dict is this process's."""
+
     def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         key = self._key(package, run_id)
         with self._lock:

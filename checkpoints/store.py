@@ -118,6 +118,14 @@ class CheckpointStore(Protocol):
     the store's ``max_bytes`` (``CheckpointTooLarge``) before writing anything.
     """
 
+    def check(self) -> None:
+        """Raise ``CheckpointUnavailable``, naming the store, unless this process can use it.
+
+        Nodes and schedulers call it at start: a directory must be one they can write, a
+        bucket one they can reach and list.
+        """
+        ...
+
     def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         """Return the run's checkpoint (snapshot plus journal replayed), or ``None`` when it has none.
 

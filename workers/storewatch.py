@@ -80,6 +80,10 @@ class _WatchedStore:
     def __repr__(self) -> str:
         return repr(self._store)
 
+    def check(self) -> None:
+        with self._watch.timing("check"):
+            self._store.check()
+
     def load(self, package: str, run_id: str, *, definition_hash: str | None = None) -> Checkpoint | None:
         with self._watch.timing("load"):
             return self._store.load(package, run_id, definition_hash=definition_hash)

@@ -126,6 +126,8 @@ def run(
         root = checkpoint_dir or settings.checkpoint_root
         store = open_store(root, s3=settings.s3_options() if is_s3_url(root) else None)
         saving = package.checkpoint.save
+        if saving:
+            store.check()  # a root it cannot write: one clear line now, not a traceback later
         # Each local run is a new attempt: a newer epoch fences an older process still running.
         epoch = store.next_epoch(package.name, run_id) if saving else store.epoch(package.name, run_id) + 1
         request = RunRequest(package, run_id, variables, epoch=epoch, attempt=epoch, usage=restart)

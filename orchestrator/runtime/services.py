@@ -174,13 +174,10 @@ class Services:
         return open_store(root, s3=self.settings.s3_options() if is_s3_url(root) else None)
 
     def check_store(self) -> None:
-        """Fail at start, clearly, when the checkpoint bucket cannot be reached (an S3 root)."""
-        if is_s3_url(self.settings.checkpoint_root):
-            from checkpoints.s3 import S3CheckpointStore
-
-            store = self.store
-            if isinstance(store, S3CheckpointStore):
-                store.check()
+        """Fail at start, clearly, when the checkpoint root cannot be used: an S3 bucket that
+        cannot be reached and listed, or a directory this process cannot write
+        (:class:`~checkpoints.CheckpointUnavailable`, naming it)."""
+        self.store.check()
 
 
 def _forks_keep(repository: Repository) -> bool:

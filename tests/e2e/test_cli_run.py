@@ -293,3 +293,35 @@ def test_submit_refuses_a_missing_required_variable_before_queueing(tmp_path: Pa
     result = run_cli("submit", str(package), cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr
     assert "required variable(s) without a value: password" in result.stderr
+
+
+def unwritable_root(tmp_path: Path) -> Path:
+    """A checkpoint root that cannot be a directory: it lies under a plain file (even root fails)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory\n")
+    return blocker / "checkpoints"
+
+
+def test_run_names_a_checkpoint_directory_it_cannot_write(tmp_path: Path) -> None:
+    root = unwritable_root(tmp_path)
+    result = run_cli("run", str(EXAMPLE), "--checkpoint-dir", str(root), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"error: checkpoint root '{root}' is not a directory this process can write" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".orchestrator/example").exists(), "no task ran"
+
+
+@pytest.mark.parametrize("command", [["worker", "--node", "root-check"], ["scheduler"]])
+def test_nodes_and_schedulers_stop_at_start_on_a_checkpoint_root_they_cannot_write(
+    tmp_path: Path, redis_url: str, command: list[str]
+) -> None:
+    root = unwritable_root(tmp_path)
+    env = {
+        "ORCHESTRATOR_CHECKPOINT_ROOT": str(root),
+        "ORCHESTRATOR_BROKER_URL": redis_url,
+        "ORCHESTRATOR_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    result = run_cli(*command, cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"checkpoint root '{root}' is not a directory this process can write" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from checkpoints import (
     CheckpointMismatch,
     CheckpointStore,
     CheckpointTooLarge,
+    CheckpointUnavailable,
     Fenced,
     FilesystemCheckpointStore,
     InMemoryCheckpointStore,
@@ -137,6 +138,7 @@ def previous(fs: FilesystemCheckpointStore) -> Path:
 
 def test_both_stores_satisfy_the_protocol(store: CheckpointStore) -> None:
     assert isinstance(store, CheckpointStore)
+    store.check()  # usable: nothing raised
 
 
 def test_round_trip_of_a_full_checkpoint(store: CheckpointStore) -> None:
@@ -495,6 +497,36 @@ def test_accepted_identifiers_are_one_safe_path_component(run_id: str, package: 
 
 
 # -- filesystem layout -------------------------------------------------------
+
+
+def test_check_creates_a_missing_root_and_leaves_nothing_in_it(tmp_path: Path) -> None:
+    root = tmp_path / "shared" / "checkpoints"
+    FilesystemCheckpointStore(root).check()
+    assert root.is_dir() and list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_check_names_a_root_it_cannot_write(tmp_path: Path, where: str) -> None:
+    afile = tmp_path / "not-a-directory"
+    afile.write_text("x")
+    root = afile if where == "a file" else afile / "checkpoints"
+    store = FilesystemCheckpointStore(root)
+    with pytest.raises(CheckpointUnavailable, match=f"checkpoint root '{root}' is not a directory"):
+        store.check()
+    assert afile.read_text() == "x"
+
+
+def test_check_refuses_a_directory_without_write_permission(tmp_path: Path) -> None:
+    root = tmp_path / "read-only"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("this user writes through permission bits (root)")
+        with pytest.raises(CheckpointUnavailable, match="Permission denied"):
+            FilesystemCheckpointStore(root).check()
+    finally:
+        root.chmod(0o755)
 
 
 def test_filesystem_layout(fs: FilesystemCheckpointStore, tmp_path: Path) -> None:
