@@ -25,7 +25,7 @@ from checkpoints import validate_package_name
 from orchestrator.cli.app import EXIT_FAILED, EXIT_OK, JsonOption, VarOption, app, err, exit_codes, fail, out
 from orchestrator.cli.localcluster import LocalCluster
 from orchestrator.control.client import Client
-from orchestrator.control.views import event_rows, foreach_progress, log_rows, node_rows, run_row
+from orchestrator.control.views import event_rows, log_rows, node_rows, run_row, status_items
 from orchestrator.errors import InvalidInput
 from orchestrator.packages.validation import load_package
 from orchestrator.packages.variables import parse_assignments
@@ -155,11 +155,10 @@ def submit(
             status = client.wait(run_id, timeout=timeout)
         except TimeoutError as exc:
             fail(str(exc))
-        items = {} if json_output else foreach_progress(client.services.repository, run_id, status["tasks"])
     if json_output:
         _print_json(status)
     else:
-        _print_status(status, items)
+        _print_status(status)
     raise typer.Exit(EXIT_OK if status["state"] == RunState.SUCCEEDED else EXIT_FAILED)
 
 
@@ -174,17 +173,13 @@ def _deployed_name(target: str) -> str:
 def status(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """State, attempt, restarts, node, per-task state and error of a run."""
     with exit_codes():
-        services = _services()
-        found = Client(services).status(run_id)
-        if json_output:
-            _print_json(found)
-            return
-        items = foreach_progress(services.repository, run_id, found["tasks"])
-    _print_status(found, items)
+        found = Client(_services()).status(run_id)
+    _print_json(found) if json_output else _print_status(found)
 
 
-def _print_status(found: dict[str, Any], items: dict[str, str]) -> None:
-    """The status table; ``items``: the foreach progress texts (:func:`foreach_progress`)."""
+def _print_status(found: dict[str, Any]) -> None:
+    """The status table of a ``status --json`` object; a foreach's progress is its items done."""
+    items = status_items(found)
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(found["state"], "cyan")
     out.print(f"run [bold]{found['run_id']}[/] of {found['package']}: [{style}]{found['state']}[/]")
     out.print(

@@ -117,18 +117,20 @@ class Client:
         return run_status(self.services.repository, run_id)
 
     def wait(self, run_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """Poll until the run ends; raise ``TimeoutError`` after ``timeout`` seconds."""
+        """Poll until the run ends and return its status; raise ``TimeoutError`` after ``timeout``
+        seconds. Each poll reads the run's row alone; the whole status is read once, at the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        repository = self.services.repository
         while True:
             try:
-                status = self.status(run_id)
+                state: RunState | None = repository.run_row(run_id).state
             except RunNotFound:
-                status = None  # the scheduler has not recorded the submission yet
-            if status is not None and RunState(status["state"]).finished:
-                return status
+                state = None  # the scheduler has not recorded the submission yet
+            if state is not None and state.finished:
+                return self.status(run_id)
             if deadline is not None and time.monotonic() > deadline:
-                state = status["state"] if status else "not yet recorded"
-                raise TimeoutError(f"run {run_id} still {state} after {timeout:g} s")
+                shown = state.value if state is not None else "not yet recorded"
+                raise TimeoutError(f"run {run_id} still {shown} after {timeout:g} s")
             time.sleep(POLL_INTERVAL)
 
     def cancel(self, run_id: str) -> dict[str, Any]:

@@ -76,6 +76,7 @@ def run_status(repository: Repository, run_id: str) -> dict[str, Any]:
         "node": run.node,
         "tasks": tasks,
         "progress": repository.task_progress(run_id),
+        "items": foreach_items(repository, run_id, definition.get("tasks") or []),
         "handlers": handlers,
         "flow": flow_of(definition),
         "error": run.error,
@@ -90,31 +91,49 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def items_text(done: int, total: int | None, state: str | None) -> str:
+    """A foreach's progress: "2 of 3 items" when the package lists its items (``total``), else
+    "2 items so far" ("3 items" once it succeeded: an expression's count is known then)."""
+    if total is not None:
+        return f"{min(done, total)} of {plural(total, 'item')}"
+    return plural(done, "item") + ("" if state == "succeeded" else " so far")
+
+
 def items_progress(
     definition: Sequence[Mapping[str, Any]], done: Mapping[str, int], states: Mapping[str, str]
 ) -> dict[str, str]:
-    """Per foreach task: "2 of 3 items" when the package lists its items, else "2 items so far"
-    ("3 items" once it succeeded: an expression's count is known when the task has finished)."""
-    found: dict[str, str] = {}
-    for task in definition:
-        task_id, foreach = task["id"], task.get("foreach")
-        count = done.get(task_id, 0)
-        if isinstance(foreach, list):
-            found[task_id] = f"{min(count, len(foreach))} of {plural(len(foreach), 'item')}"
-        elif foreach is not None:
-            found[task_id] = plural(count, "item") + ("" if states.get(task_id) == "succeeded" else " so far")
-    return found
+    """Per foreach task of ``definition``: :func:`items_text` of its ``done`` count."""
+    return {
+        task["id"]: items_text(done.get(task["id"], 0), _listed(task), states.get(task["id"]))
+        for task in definition
+        if task.get("foreach") is not None
+    }
 
 
-def foreach_progress(repository: Repository, run_id: str, states: Mapping[str, str]) -> dict[str, str]:
-    """:func:`items_progress` of a run's foreach tasks, counted in SQL (``status`` prints it)."""
-    run = repository.run_row(run_id)
-    if not run.definition_hash:
+def foreach_items(
+    repository: Repository, run_id: str, tasks: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, int | None]]:
+    """Per foreach task: ``{done, total}``, the distinct items recorded done across attempts
+    (counted in SQL) out of the items the package lists (``None`` for an expression)."""
+    foreach = [task for task in tasks if task.get("foreach") is not None]
+    if not foreach:
         return {}
-    tasks = repository.definition(run.package, run.definition_hash)["tasks"]
-    if not any(task.get("foreach") is not None for task in tasks):
-        return {}
-    return items_progress(tasks, repository.items_done(run_id), states)
+    done = repository.items_done(run_id)
+    return {task["id"]: {"done": done.get(task["id"], 0), "total": _listed(task)} for task in foreach}
+
+
+def status_items(status: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`items_text` of each foreach task of a ``status --json`` object (``status`` prints it)."""
+    states = status["tasks"]
+    return {
+        task_id: items_text(count["done"], count["total"], states.get(task_id))
+        for task_id, count in (status.get("items") or {}).items()
+    }
+
+
+def _listed(task: Mapping[str, Any]) -> int | None:
+    foreach = task.get("foreach")
+    return len(foreach) if isinstance(foreach, list) else None
 
 
 def flow_of(definition: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,13 @@ class RunList(BaseModel):
     newer: str | None = Field(description="cursor of the previous (newer) page, if any")
 
 
+class ItemCount(BaseModel):
+    """A foreach task's items: done so far, and how many the package lists."""
+
+    done: int
+    total: int | None
+
+
 class RunStatus(BaseModel):
     """One run, as ``orchestrator status --json`` prints it."""
 
@@ -68,6 +75,11 @@ class RunStatus(BaseModel):
     progress: dict[str, Any] = Field(
         default_factory=dict,
         description="copy task id to its progress: {rows, rows_per_second} (docs/etl.md)",
+    )
+    items: dict[str, ItemCount] = Field(
+        default_factory=dict,
+        description="foreach task id to its distinct items done across attempts, out of the items "
+        "the package lists (total null for an expression)",
     )
     handlers: dict[str, str] = Field(description="event handler id to the state of its last run")
     flow: dict[str, Any] = Field(

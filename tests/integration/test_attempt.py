@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator.control.client import Client
-from orchestrator.control.views import foreach_progress, items_progress, run_status
+from orchestrator.control.views import items_progress, run_status, status_items
 from orchestrator.state import AttemptState
 from orchestrator.state.states import RunState, TaskState
 from tests.integration.test_scheduler import (
@@ -141,14 +141,17 @@ def test_a_foreach_shows_as_running_while_its_items_run(harness: Harness) -> Non
     status = run_status(harness.repo, run_id)
     assert status["tasks"] == {"a": "succeeded", "c": "running"}
     assert harness.repo.task_states(run_id)["c"].started_at is not None
-    assert foreach_progress(harness.repo, run_id, status["tasks"]) == {"c": "1 of 3 items"}
+    assert status["items"] == {"c": {"done": 1, "total": 3}}
+    assert status_items(status) == {"c": "1 of 3 items"}
 
     gate.set()
     result = attempt.outcome()
     assert result is not None and result.state is RunState.SUCCEEDED
     assert task_states(harness, run_id) == {"a": TaskState.SUCCEEDED, "c": TaskState.SUCCEEDED}
     assert harness.repo.items_done(run_id) == {"c": 3}
-    assert foreach_progress(harness.repo, run_id, {"c": "succeeded"}) == {"c": "3 of 3 items"}
+    status = run_status(harness.repo, run_id)
+    assert status["items"] == {"c": {"done": 3, "total": 3}}
+    assert status_items(status) == {"c": "3 of 3 items"}
 
 
 def test_the_items_of_a_foreach_over_an_expression_are_counted_so_far() -> None:
