@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import celpy
-import lark
-from celpy.adapter import json_to_cel
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:
+    import celpy
+    import lark
 
 ROOTS = ("vars", "outputs", "event")
 
@@ -44,8 +42,11 @@ def _environment() -> celpy.Environment:
 
     Building it generates a parser from CEL's grammar, about 0.1 s of CPU: a command that
     evaluates no condition (``status``, ``events``...) does not pay it (``bench/cli.py``);
-    the long-lived processes build it when they start (:func:`warm`).
+    the long-lived processes build it when they start (:func:`warm`). CEL's modules are
+    imported here too, for the same reason (with their dependencies, about 0.07 s).
     """
+    import celpy
+
     return celpy.Environment()
 
 
@@ -58,6 +59,8 @@ def warm() -> None:
 @lru_cache(maxsize=512)
 def compile_condition(text: str) -> lark.Tree[Any]:
     """Parse a condition; :class:`ConditionError` with line and column if it does not parse."""
+    from celpy.celparser import CELParseError
+
     try:
         return _environment().compile(text)
     except CELParseError as exc:
@@ -84,6 +87,8 @@ def references(tree: lark.Tree[Any]) -> Iterator[Reference]:
 
 
 def _bound(tree: lark.Tree[Any]) -> Iterator[str]:
+    import lark
+
     for node in tree.iter_subtrees():
         if node.data == "member_dot_arg" and str(node.children[1]) in _MACROS and len(node.children) > 2:
             arguments = node.children[2]
@@ -95,6 +100,8 @@ def _bound(tree: lark.Tree[Any]) -> Iterator[str]:
 
 def _single(node: Any) -> Any:
     """Descend through one-child nodes (``expr -> ... -> member``)."""
+    import lark
+
     while isinstance(node, lark.Tree) and len(node.children) == 1 and node.data not in ("member", "ident"):
         node = node.children[0]
     return node
@@ -102,6 +109,8 @@ def _single(node: Any) -> Any:
 
 def _ident(node: Any) -> str | None:
     """The identifier of ``member -> primary -> ident`` (else None)."""
+    import lark
+
     while isinstance(node, lark.Tree) and node.data in ("member", "primary") and len(node.children) == 1:
         node = node.children[0]
     if isinstance(node, lark.Tree) and node.data == "ident" and node.children:
@@ -116,6 +125,10 @@ def evaluate(
     event: Mapping[str, Any] | None = None,
 ) -> bool:
     """The value of a condition; :class:`ConditionError` if it fails or is not a boolean."""
+    import celpy
+    from celpy.adapter import json_to_cel
+    from celpy.evaluation import CELEvalError
+
     program = _environment().program(compile_condition(text))
     activation = {
         "vars": json_to_cel(dict(variables)),

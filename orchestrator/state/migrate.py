@@ -20,17 +20,16 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
 from orchestrator.errors import ClusterUnavailable, OrchestratorError
 from orchestrator.state.engine import sqlite_path
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant unique among the advisory locks of a database; this one is
 # crc32(b"orchestrator.state.migrate").
 ADVISORY_LOCK_KEY = 0x3ED8_66A9
+HEAD = "0005"
+"""The newest revision in ``migrations/`` (a test checks it against Alembic's own reading).
+
+A database already there needs no Alembic at all: :func:`upgrade` reads its version row and
+returns, and a command that only reads state (``status``, ``runs``...) does not import Alembic
+(``bench/cli.py``)."""
 
 
 class SchemaMismatch(OrchestratorError):
@@ -46,6 +51,8 @@ class SchemaMismatch(OrchestratorError):
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic configuration for the packaged migrations, bound to ``connection`` if given."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -54,7 +61,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest revision shipped with this version of the orchestrator."""
+    """The newest revision shipped with this version of the orchestrator, as Alembic reads it."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
         raise SchemaMismatch("no migrations are packaged")
@@ -63,6 +72,8 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or ``None`` when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
@@ -74,6 +85,11 @@ def upgrade(engine: Engine) -> None:
     cannot be reached and :class:`SchemaMismatch` when it was migrated by a
     newer version of the orchestrator.
     """
+    if _at_head(engine):
+        return
+    from alembic import command
+    from alembic.util import CommandError
+
     where = engine.url.render_as_string(hide_password=True)
     try:
         with _file_lock(engine), engine.begin() as connection:
@@ -87,6 +103,26 @@ def upgrade(engine: Engine) -> None:
             f"the database {where} has a schema this version does not know ({exc}); upgrade the orchestrator"
         ) from exc
     log.debug("database %s is at revision %s", where, head_revision())
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database's version row says :data:`HEAD` (False when it has no version table
+    yet, or is a SQLite file not created yet: the full path creates it).
+
+    Raise :class:`~orchestrator.errors.ClusterUnavailable` when the database cannot be reached.
+    """
+    path = sqlite_path(engine.url)
+    if path is not None and not path.exists():
+        return False
+    try:
+        with engine.connect() as connection:
+            if not engine.dialect.has_table(connection, "alembic_version"):
+                return False
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ClusterUnavailable(f"cannot migrate the database {where}: {exc.orig}") from exc
+    return versions == [HEAD]
 
 
 @contextlib.contextmanager

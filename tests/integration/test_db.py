@@ -36,6 +36,7 @@ from orchestrator.state import (
     session_factory,
     upgrade,
 )
+from orchestrator.state.migrate import HEAD
 from orchestrator.state.states import RunState, TaskState
 
 HASH = "a" * 64
@@ -161,6 +162,39 @@ def test_upgrade_creates_the_schema_of_the_models(database_url: str) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
     engine.dispose()
+
+
+def test_the_head_constant_is_the_newest_packaged_migration() -> None:
+    assert HEAD == head_revision()
+
+
+def test_a_database_at_head_is_read_without_alembic(database_engine: Engine) -> None:
+    """Every command calls upgrade(); at head it reads the version row, and Alembic (about 0.05 s
+    of imports) stays unloaded: a new process checks it."""
+    url = database_engine.url.render_as_string(hide_password=False)
+    code = (
+        "import sys\n"
+        "from orchestrator.state import make_engine, upgrade\n"
+        f"upgrade(make_engine({url!r}))\n"
+        "assert 'alembic' not in sys.modules, 'alembic imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_database_behind_head_is_migrated_by_the_full_path(database_engine: Engine) -> None:
+    from alembic import command
+
+    from orchestrator.state.migrate import alembic_config
+
+    with database_engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0004")
+    assert "task_logs" not in inspect(database_engine).get_table_names()
+    upgrade(database_engine)
+    assert current_revision(database_engine) == HEAD
+    assert {"task_logs", "task_log_trims"} <= set(inspect(database_engine).get_table_names())
 
 
 def test_upgrade_twice_is_a_noop(database_engine: Engine) -> None:

@@ -117,6 +117,8 @@ def test_a_command_that_evaluates_no_condition_does_not_build_the_cel_parser() -
         "import orchestrator.cli, orchestrator.cli.app\n"
         "from orchestrator.packages import conditions\n"
         "assert conditions._environment.cache_info().currsize == 0, 'built at import'\n"
+        "import sys\n"
+        "assert 'celpy' not in sys.modules and 'lark' not in sys.modules, 'CEL imported'\n"
         "conditions.warm()\n"
         "assert conditions._environment.cache_info().currsize == 1\n"
         "assert conditions.evaluate('vars.x > 1', {'x': 2}, {}) is True\n"
