@@ -39,19 +39,25 @@ def parallel(log: Path) -> dict[str, Any]:
     }
 
 
-def mid_run(log: Path) -> bool:
+def mid_run(log: Path, store: FilesystemCheckpointStore) -> bool:
+    """At least 12 items acknowledged in the checkpoint (an item's end in the log comes before
+    its acknowledgement), and at least 4 others that saved progress and have not ended."""
     entries = [e for e in T.read_log(log) if e["task"] == "load"]
     ended = {e["item"] for e in entries if e["event"] == "end"}
     saving = {e["item"] for e in entries if e["event"] == "saved"} - ended
-    return len(ended) >= 12 and len(saving) >= 4
+    if len(saving) < 4:
+        return False
+    kept = store.load("par", "local")
+    return kept is not None and len(kept.items.get("load", ())) >= 12
 
 
 def test_sigkill_at_concurrency_8_repeats_no_acknowledged_item(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     package = write_package(tmp_path / "par.yaml", parallel(log))
+    store = FilesystemCheckpointStore(tmp_path / ".orchestrator/checkpoints")
     process = start_cli("run", str(package), "--quiet", cwd=tmp_path)
     try:
-        wait_until(lambda: mid_run(log), timeout=90, what="items finished and others mid-progress")
+        wait_until(lambda: mid_run(log, store), timeout=90, what="items acknowledged and others mid-progress")
         os.killpg(process.pid, signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -59,7 +65,7 @@ def test_sigkill_at_concurrency_8_repeats_no_acknowledged_item(tmp_path: Path) -
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
 
-    kept = FilesystemCheckpointStore(tmp_path / ".orchestrator/checkpoints").load("par", "local")
+    kept = store.load("par", "local")
     assert kept is not None and set(kept.tasks) == {"prep"}
     acknowledged = set(kept.items["load"])
     progress = {key.split(":", 1)[1]: value["done"] for key, value in kept.progress.items()}

@@ -424,7 +424,8 @@ def assert_refused(harness: Harness, run_id: str, reason: str) -> None:
     assert reason in refused[0].detail["reason"]
     assert harness.messages() == [], "a refused submission dispatches nothing"
     assert harness.liveness.epoch(run_id) == 0
-    assert harness.liveness.overdue_dispatches() == []
+    # Only this run: a run the test dispatched before it is overdue once no node claims it in time.
+    assert run_id not in harness.liveness.overdue_dispatches()
     with pytest.raises(RunStateConflict, match="refused at submission"):
         harness.scheduler.resume(run_id)
 
