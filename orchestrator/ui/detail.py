@@ -15,7 +15,6 @@ tasks shows none.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,18 +93,20 @@ class RunDetail:
 
 
 def progress_texts(
-    definition: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]], states: Mapping[str, str]
+    definition: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    states: Mapping[str, str],
+    items: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, str]:
-    """Per task id: foreach progress ("2 of 3 items") or copy progress ("1,200 of 5,000 rows")."""
-    items: dict[str, set[str]] = {}
+    """Per task id: foreach progress ("2 of 3 items", from ``items``: the ``items`` of
+    ``status --json``, counted in SQL) or copy progress ("1,200 of 5,000 rows", from the
+    latest ``copy_progress`` event)."""
     copies: dict[str, Mapping[str, Any]] = {}
     for event in events:
         detail = event.get("detail") or {}
-        if event["kind"] == "item_done":
-            items.setdefault(str(detail.get("task")), set()).add(json.dumps(detail.get("item")))
-        elif event["kind"] == "copy_progress":
+        if event["kind"] == "copy_progress":
             copies[str(detail.get("task"))] = detail
-    found = items_progress(definition, {task_id: len(done) for task_id, done in items.items()}, states)
+    found = items_progress(definition, {task_id: count["done"] for task_id, count in items.items()}, states)
     for task in definition:
         task_id = task["id"]
         copy = copies.get(task_id)
@@ -188,7 +189,7 @@ def run_detail(ctx: UiContext, run_id: str) -> RunDetail:
         definition = reader.definition(run.package, run.definition_hash)["tasks"]
     events = [event_row(e) for e in reader.events(run_id)]
     states = shown_states(definition, status, events)
-    progress = progress_texts(definition, events, states)
+    progress = progress_texts(definition, events, states, status["items"])
     graph = render_svg(
         [
             GraphTask(

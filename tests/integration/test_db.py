@@ -422,3 +422,24 @@ def test_the_catalog_migration_goes_down_and_up_again(database_engine: Engine) -
     with database_engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_items_done_counts_each_item_once_across_attempts(database_engine: Engine) -> None:
+    """``status`` and the web UI show a foreach's items done from this count: an item an earlier
+    attempt finished and a later one finished again (``always_rerun``) is one item."""
+    from orchestrator.state import Repository
+
+    with session_factory(database_engine).begin() as session:
+        session.add(new_run())
+        session.add_all(
+            Event(run_id="run-1", kind="item_done", attempt=attempt, detail={"task": task, "item": item})
+            for attempt, task, item in [
+                (1, "load", "eu"),
+                (2, "load", "eu"),
+                (2, "load", "us"),
+                (2, "files", "a.csv"),
+            ]
+        )
+        session.add(Event(run_id="run-1", kind="checkpoint_saved", attempt=2, detail={"bytes": 200}))
+    assert Repository(database_engine).items_done("run-1") == {"load": 2, "files": 1}
+    assert Repository(database_engine).items_done("no-such-run") == {}

@@ -168,7 +168,7 @@ def test_the_timeline_groups_a_recovery_by_attempt_and_counts_checkpoints() -> N
     )
 
 
-def test_foreach_progress_counts_distinct_items_across_attempts_and_copy_progress_shows_rows() -> None:
+def test_foreach_progress_shows_the_items_counted_and_copy_progress_shows_rows() -> None:
     definition = [
         {"id": "load", "foreach": ["eu", "us", "apac"]},
         {"id": "files", "foreach": "{{ outputs.list.files }}"},
@@ -176,16 +176,14 @@ def test_foreach_progress_counts_distinct_items_across_attempts_and_copy_progres
         {"id": "plain"},
     ]
     events = [
-        event(1, "item_done", 1, task="load", item="eu"),
-        event(2, "item_done", 2, task="load", item="eu"),  # an always_rerun foreach ran it again
-        event(3, "item_done", 2, task="load", item="us"),
-        event(4, "item_done", 2, task="files", item="a.csv"),
-        event(5, "copy_progress", 2, task="copy", rows=1200, total=5000),
-        event(6, "copy_progress", 2, task="copy", rows=2400, total=5000),
+        event(1, "item_done", 2, task="files", item="a.csv"),
+        event(2, "copy_progress", 2, task="copy", rows=1200, total=5000),
+        event(3, "copy_progress", 2, task="copy", rows=2400, total=5000),
     ]
-    found = progress_texts(definition, events, {"files": "running"})
+    items = {"load": {"done": 2, "total": 3}, "files": {"done": 1, "total": None}}
+    found = progress_texts(definition, events, {"files": "running"}, items)
     assert found == {"load": "2 of 3 items", "files": "1 item so far", "copy": "2,400 of 5,000 rows"}
-    assert progress_texts(definition[1:2], events, {"files": "succeeded"}) == {"files": "1 item"}
+    assert progress_texts(definition[1:2], events, {"files": "succeeded"}, items) == {"files": "1 item"}
 
 
 def test_dependencies_read_plain_ids_and_conditional_entries() -> None:
