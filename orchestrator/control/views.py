@@ -99,17 +99,6 @@ def items_text(done: int, total: int | None, state: str | None) -> str:
     return plural(done, "item") + ("" if state == "succeeded" else " so far")
 
 
-def items_progress(
-    definition: Sequence[Mapping[str, Any]], done: Mapping[str, int], states: Mapping[str, str]
-) -> dict[str, str]:
-    """Per foreach task of ``definition``: :func:`items_text` of its ``done`` count."""
-    return {
-        task["id"]: items_text(done.get(task["id"], 0), _listed(task), states.get(task["id"]))
-        for task in definition
-        if task.get("foreach") is not None
-    }
-
-
 def foreach_items(
     repository: Repository, run_id: str, tasks: Sequence[Mapping[str, Any]]
 ) -> dict[str, dict[str, int | None]]:

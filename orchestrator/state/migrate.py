@@ -97,12 +97,12 @@ def upgrade(engine: Engine) -> None:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
             command.upgrade(alembic_config(connection), "head")
     except OperationalError as exc:
-        raise ClusterUnavailable(f"cannot migrate the database {where}: {exc.orig}") from exc
+        raise _unreachable(engine, exc) from exc
     except CommandError as exc:
         raise SchemaMismatch(
             f"the database {where} has a schema this version does not know ({exc}); upgrade the orchestrator"
         ) from exc
-    log.debug("database %s is at revision %s", where, head_revision())
+    log.debug("database %s is at revision %s", where, HEAD)
 
 
 def _at_head(engine: Engine) -> bool:
@@ -120,9 +120,13 @@ def _at_head(engine: Engine) -> bool:
                 return False
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     except OperationalError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise ClusterUnavailable(f"cannot migrate the database {where}: {exc.orig}") from exc
+        raise _unreachable(engine, exc) from exc
     return versions == [HEAD]
+
+
+def _unreachable(engine: Engine, exc: OperationalError) -> ClusterUnavailable:
+    where = engine.url.render_as_string(hide_password=True)
+    return ClusterUnavailable(f"cannot migrate the database {where}: {exc.orig}")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from orchestrator.control.views import duration_seconds, event_row, items_progress, plural, run_status
+from orchestrator.control.views import duration_seconds, event_row, items_text, plural, run_status
 from orchestrator.state.models import Run, TaskRun
 from orchestrator.state.states import RunState, TaskState
 from orchestrator.state.tasklogs import LogLine, TaskLogs
@@ -106,9 +106,12 @@ def progress_texts(
         detail = event.get("detail") or {}
         if event["kind"] == "copy_progress":
             copies[str(detail.get("task"))] = detail
-    found = items_progress(definition, {task_id: count["done"] for task_id, count in items.items()}, states)
+    found: dict[str, str] = {}
     for task in definition:
         task_id = task["id"]
+        count = items.get(task_id)
+        if count is not None:
+            found[task_id] = items_text(count["done"], count["total"], states.get(task_id))
         copy = copies.get(task_id)
         if copy is not None and isinstance(copy.get("rows"), int):
             total = copy.get("total")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator.control.client import Client
-from orchestrator.control.views import items_progress, run_status, status_items
+from orchestrator.control.views import run_status, status_items
 from orchestrator.state import AttemptState
 from orchestrator.state.states import RunState, TaskState
 from tests.integration.test_scheduler import (
@@ -155,16 +155,13 @@ def test_a_foreach_shows_as_running_while_its_items_run(harness: Harness) -> Non
 
 
 def test_the_items_of_a_foreach_over_an_expression_are_counted_so_far() -> None:
-    tasks = [
-        {"id": "listed", "foreach": [1, 2]},
-        {"id": "computed", "foreach": "{{ outputs.a.list }}"},
-        {"id": "a"},
-    ]
-    assert items_progress(tasks, {"listed": 1, "computed": 1200}, {"computed": "running"}) == {
+    items = {"listed": {"done": 1, "total": 2}, "computed": {"done": 1200, "total": None}}
+    assert status_items({"items": items, "tasks": {"computed": "running"}}) == {
         "listed": "1 of 2 items",
         "computed": "1,200 items so far",
     }
-    assert items_progress(tasks, {"computed": 1}, {"computed": "succeeded"})["computed"] == "1 item"
+    done = {"computed": {"done": 1, "total": None}}
+    assert status_items({"items": done, "tasks": {"computed": "succeeded"}})["computed"] == "1 item"
 
 
 def test_a_failing_task_fails_the_run_with_its_error(harness: Harness) -> None:
